@@ -1,0 +1,350 @@
+"""One typed configuration for every way into lagm_ray.
+
+The CLI, experiments/ and search_spaces/ all build a :class:`Config` the same way: a YAML file
+(optional) plus ``section.key=value`` overrides. Every key is typed and checked here, so a bad
+value fails before any work starts, with the key (and the file) named in the message.
+
+The defaults are the paper's / reference code's (SGD lr 1e-3 momentum 0.9 for both networks,
+K = 1, batch 2, Head matched, 150k steps). Quickstart and test configs override them explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key (and the file when there is one)."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "lagm"
+    seed: int = 0
+    device: str = "auto"  # "auto" = CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    output_dir: str = "runs"
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "embedded"  # "embedded" (procedural world) or a real dataset name
+    category: str = "faces"
+    root: str | None = None  # dataset root for real datasets
+    num_labelled: int = 10
+    resolution: int = 64  # generator / annotator output resolution
+    seg_resolution: int | None = None  # segmentor input resolution (Table C.9); None = resolution
+    num_val: int = 100
+    num_test: int = 200
+
+
+@dataclass
+class GeneratorConfig:
+    # "embedded:<category>" loads the toy StyleGAN2 shipped in lagm_ray/assets; otherwise a path.
+    checkpoint: str = "embedded:faces"
+    truncation_psi: float = 1.0  # the embedded world's true masks are exact only at psi = 1
+    truncation_cutoff: int | None = None
+    noise_mode: Literal["const", "random", "none"] = "const"
+
+
+@dataclass
+class AnnotatorConfig:
+    width: int = 128  # FPN channels (reference: 128)
+    # Resolutions of the synthesis blocks that feed the FPN; empty = every block (reference).
+    feature_resolutions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SegmentorConfig:
+    kind: str = "deeplabv3_resnet101"
+    width: int | None = None  # channel width multiplier base (64 = torchvision); None = default
+    init: str = "scratch"  # "scratch" or a path to torchvision-format weights
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["lagm", "supervised"] = "lagm"
+    steps: int = 150_000
+    # Algorithm 1's K: the segmentor is updated once every K annotator steps.
+    # The reference code accepts K but always behaves as K = 1; K > 1 is implemented here.
+    K: int = 1
+    matched_blocks: list[str] = field(default_factory=lambda: ["Head"])
+    labelled_batch_size: int = 2  # 0 = the whole labelled set every step
+    synthetic_batch_size: int = 2
+    annotator_optim: OptimConfig = field(default_factory=OptimConfig)
+    segmentor_optim: OptimConfig = field(default_factory=OptimConfig)
+    # Gradient matching details (reference code's behaviour by default, see README):
+    node_reduction: Literal["mean", "sum"] = "mean"  # per tensor: mean (code) or sum (paper Eq. 12) over output nodes
+    count_1d_tensors: bool = True  # 1-D tensors add 0 but count in the divisor (code)
+    synthetic_target: Literal["soft", "hard"] = "soft"  # soft CE against the annotator's softmax (code)
+    eval_interval: int = 4000
+    checkpoint_interval: int = 4000
+    log_interval: int = 50
+    picture_interval: int = 0  # 0 = pictures only at evaluation
+
+
+@dataclass
+class EvalConfig:
+    absent_class: Literal["zero", "ignore"] = "zero"  # reference quirk: absent classes count as IoU 0
+    num_annotator_samples: int = 64  # generated images scored against true masks (embedded world)
+    # Downstream protocol of Table 1: a fresh segmentor trained on annotator-labelled images.
+    downstream_images: int = 10_000
+    downstream_epochs: int = 20
+    downstream_batch_size: int = 8
+    downstream_lr: float = 1e-3
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "lagm"
+    parent_run_id: str | None = None  # set by sweeps to nest a trial's run
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    segmentor: SegmentorConfig = field(default_factory=SegmentorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.K": 1, ...}``: the form MLflow params and sweep spaces use."""
+        return flatten(self.to_dict())
+
+    def replace(self, overrides: dict[str, Any] | None = None, source: str = "overrides") -> "Config":
+        """A validated copy with dotted keys set, e.g. ``{"train.K": 5}``."""
+        data = self.to_dict()
+        for key, value in (overrides or {}).items():
+            _set_dotted(data, key, value, source)
+        return from_dict(data, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """YAML file (optional) plus overrides (``["train.K=5"]`` or ``{"train.K": 5}``) -> Config."""
+    data: dict[str, Any] = Config().to_dict()
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        for key, value in flatten(loaded).items():
+            _set_dotted(data, key, value, source)
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        _set_dotted(data, key, value, f"{source} + overrides" if path else "overrides")
+    return from_dict(data, source)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.K=5"`` -> ("train.K", 5). The value is read as YAML, so lists and nulls work."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.K=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return key.strip(), value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"{source}: unknown config key {key!r} (no section {'.'.join(parts[: i + 1])!r}); "
+                              f"valid sections: {', '.join(Config().to_dict())}")
+        node = node[part]
+    if parts[-1] not in node:
+        section = ".".join(parts[:-1]) or "<top>"
+        raise ConfigError(f"{source}: unknown config key {key!r}; keys in {section}: {', '.join(node)}")
+    if isinstance(node[parts[-1]], dict) and isinstance(value, dict):
+        for k, v in value.items():
+            _set_dotted(data, f"{key}.{k}", v, source)
+    else:
+        node[parts[-1]] = value
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    cfg = _build(Config, data, "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], key, source)
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"{source}: unknown config key {prefix + sorted(unknown)[0]!r}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", source)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: {key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{source}: {key} must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = get_args(tp)
+        if isinstance(value, str):  # "Res5,Head" from a command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return float(value)  # YAML reads "1e-3" as a string
+                except ValueError:
+                    pass
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Range checks that types alone cannot express. Block names are checked against the model
+    when the trainer builds it (they depend on the segmentor kind)."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key} {msg}")
+
+    t = cfg.train
+    need(t.K >= 1, "train.K", f"must be >= 1 (segmentor updated every K steps), got {t.K}")
+    need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(len(t.matched_blocks) > 0, "train.matched_blocks", "must name at least one block")
+    need(t.labelled_batch_size >= 0, "train.labelled_batch_size", "must be >= 0 (0 = whole labelled set)")
+    need(t.synthetic_batch_size >= 1, "train.synthetic_batch_size", "must be >= 1")
+    for name in ("annotator_optim", "segmentor_optim"):
+        o = getattr(t, name)
+        need(o.lr > 0, f"train.{name}.lr", f"must be > 0, got {o.lr}")
+        need(0 <= o.momentum < 1, f"train.{name}.momentum", f"must be in [0, 1), got {o.momentum}")
+        need(o.weight_decay >= 0, f"train.{name}.weight_decay", "must be >= 0")
+    for name in ("eval_interval", "checkpoint_interval", "log_interval"):
+        need(getattr(t, name) >= 1, f"train.{name}", "must be >= 1")
+    need(t.picture_interval >= 0, "train.picture_interval", "must be >= 0")
+
+    d = cfg.data
+    for name in ("resolution", "seg_resolution"):
+        r = getattr(d, name)
+        if r is not None:
+            need(16 <= r <= 1024 and r & (r - 1) == 0, f"data.{name}", f"must be a power of two in 16..1024, got {r}")
+    if d.seg_resolution is not None:
+        need(d.seg_resolution <= d.resolution, "data.seg_resolution", "must not exceed data.resolution")
+    need(d.num_labelled >= 1, "data.num_labelled", f"must be >= 1, got {d.num_labelled}")
+    need(d.num_val >= 1 and d.num_test >= 1, "data.num_val/num_test", "must be >= 1")
+
+    need(cfg.annotator.width >= 1, "annotator.width", "must be >= 1")
+    need(cfg.generator.truncation_psi >= 0, "generator.truncation_psi", "must be >= 0")
+    need(cfg.run.num_threads >= 0, "run.num_threads", "must be >= 0")
+    dev = cfg.run.device
+    need(dev in ("auto", "cpu") or dev == "cuda" or dev.startswith("cuda:") or dev == "mps", "run.device",
+         f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    e = cfg.eval
+    need(e.downstream_images >= 1 and e.downstream_epochs >= 1 and e.downstream_batch_size >= 1,
+         "eval.downstream_*", "must be >= 1")
+    need(e.downstream_lr > 0, "eval.downstream_lr", "must be > 0")
+
+
+def resolve_device(name: str):
+    """The ``run.device`` key: "auto" picks CUDA when present (cluster GPUs), else CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
