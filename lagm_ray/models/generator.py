@@ -1,0 +1,321 @@
+"""StyleGAN2 generator in plain torch, with NVlabs stylegan2-ada-pytorch's parameter names.
+
+Module and parameter names follow ``training/networks.py`` of stylegan2-ada-pytorch (config-f,
+'skip' architecture), so a ``G_ema`` state dict loads without renaming: ``mapping.fc0.weight``,
+``mapping.w_avg``, ``synthesis.b4.const``, ``synthesis.b4.conv1.affine.weight``,
+``synthesis.b8.conv0.noise_const``, ``synthesis.b8.torgb.weight``, ``synthesis.b8.resample_filter`` ...
+
+Differences from NVlabs, none of which changes a name or a result in float32:
+* no custom CUDA kernels: ``upfirdn2d`` and ``bias_act`` are their reference (pure torch) paths;
+* the modulated convolution always runs un-fused (scale the input, shared conv, demodulate), which is
+  NVlabs' ``fused_modconv=False`` path and equal to the fused one up to rounding;
+* no fp16 layers; ``forward(..., return_features=True)`` also returns every synthesis block's output
+  (the features h that LAGM's annotator reads).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------------- ops
+
+
+def setup_filter(f: list[float]) -> torch.Tensor:
+    """NVlabs' upfirdn2d.setup_filter for a short 1-D kernel: outer product, normalised to sum 1."""
+    f = torch.as_tensor(f, dtype=torch.float32)
+    f = f.ger(f)
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0),
+              flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
+    """Upsample (zero insertion), pad, FIR filter, downsample. padding = (x0, x1, y0, y1)."""
+    N, C, H, W = x.shape
+    px0, px1, py0, py1 = padding
+    if up > 1:
+        x = x.reshape(N, C, H, 1, W, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(N, C, H * up, W * up)
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0):x.shape[2] - max(-py1, 0), max(-px0, 0):x.shape[3] - max(-px1, 0)]
+    f = (f * gain ** (f.ndim / 2)).to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    x = F.conv2d(x, f[None, None].repeat(C, 1, 1, 1), groups=C)
+    return x[:, :, ::down, ::down]
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    fw = f.shape[-1]
+    p = ((fw + up - 1) // 2, (fw - up) // 2)
+    return upfirdn2d(x, f, up=up, padding=(p[0], p[1], p[0], p[1]), gain=up * up)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float | None = None,
+             clamp: float | None = None) -> torch.Tensor:
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+        gain = math.sqrt(2) if gain is None else gain
+    elif act != "linear":
+        raise ValueError(f"unsupported activation {act!r}")
+    if gain is not None and gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None, up: int = 1, padding: int = 0,
+                    flip_weight: bool = True) -> torch.Tensor:
+    """NVlabs' conv2d_resample for groups=1, down=1: plain conv, or transposed conv + FIR filter."""
+    if up == 1:
+        return F.conv2d(x, w if flip_weight else w.flip([2, 3]), padding=padding)
+    kh, kw = w.shape[-2:]
+    fw = f.shape[-1]
+    px0 = padding + (fw + up - 1) // 2 - (kw - 1)
+    px1 = padding + (fw - up) // 2 - (kw - up)
+    pxt = max(min(-px0, -px1), 0)
+    wt = w.transpose(0, 1)
+    if flip_weight:  # conv_transpose with flip_weight=(not flip_weight) in NVlabs' wrapper
+        wt = wt.flip([2, 3])
+    x = F.conv_transpose2d(x, wt, stride=up, padding=pxt)
+    p0, p1 = px0 + pxt, px1 + pxt
+    return upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=up ** 2)
+
+
+def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None, demodulate=True,
+                     flip_weight=True) -> torch.Tensor:
+    """Modulate the input channels by ``styles``, convolve, demodulate, add noise (un-fused path)."""
+    B = x.shape[0]
+    dcoefs = None
+    if demodulate:
+        w = weight.unsqueeze(0) * styles.reshape(B, 1, -1, 1, 1)
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [B, O]
+    x = x * styles.reshape(B, -1, 1, 1)
+    x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding, flip_weight=flip_weight)
+    if dcoefs is not None:
+        x = x * dcoefs.reshape(B, -1, 1, 1)
+    if noise is not None:
+        x = x + noise
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+# ------------------------------------------------------------------------------- layers
+
+
+class FullyConnectedLayer(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / np.sqrt(in_features)  # equalized learning rate
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x.matmul(w.t()), b, act=self.activation)
+
+
+class MappingNetwork(nn.Module):
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
+                 embed_features: int | None = None, layer_features: int | None = None, activation: str = "lrelu",
+                 lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.995):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, num_layers
+        self.w_avg_beta = w_avg_beta
+        embed_features = (w_dim if embed_features is None else embed_features) if c_dim else 0
+        layer_features = w_dim if layer_features is None else layer_features
+        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_features)
+        for idx in range(num_layers):
+            setattr(self, f"fc{idx}", FullyConnectedLayer(features[idx], features[idx + 1], activation=activation,
+                                                          lr_multiplier=lr_multiplier))
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                skip_w_avg_update: bool = False) -> torch.Tensor:
+        x = None
+        if self.z_dim > 0:
+            x = normalize_2nd_moment(z.float())
+        if self.c_dim > 0:
+            y = normalize_2nd_moment(self.embed(c.float()))
+            x = torch.cat([x, y], dim=1) if x is not None else y
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+        if self.w_avg_beta is not None and self.training and not skip_w_avg_update:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+        if truncation_psi != 1:
+            if truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x = x.clone()
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+        return x
+
+
+class SynthesisLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
+                 up: int = 1, use_noise: bool = True, activation: str = "lrelu", resample_filter=(1, 3, 3, 1),
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.resolution, self.up, self.use_noise, self.activation = resolution, up, use_noise, activation
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
+        self.padding = kernel_size // 2
+        self.act_gain = math.sqrt(2) if activation == "lrelu" else 1.0
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1.0) -> torch.Tensor:
+        if noise_mode not in ("random", "const", "none"):
+            raise ValueError(f"noise_mode must be random, const or none, got {noise_mode!r}")
+        styles = self.affine(w)
+        noise = None
+        if self.use_noise and noise_mode == "random":
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
+        if self.use_noise and noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, flip_weight=(self.up == 1))
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+
+class ToRGBLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / np.sqrt(in_channels * kernel_size ** 2)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: (upsampling conv0), conv1, toRGB added to the upsampled skip image."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1),
+                 conv_clamp: float | None = None, **layer_kwargs: Any):
+        super().__init__()
+        if architecture != "skip":
+            raise ValueError(f"only the 'skip' architecture (StyleGAN2 config-f) is supported, got {architecture!r}")
+        self.in_channels, self.resolution, self.is_last = in_channels, resolution, is_last
+        self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
+        self.num_conv = self.num_torgb = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs)
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
+                                    **layer_kwargs)
+        self.num_conv += 1
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.num_torgb += 1
+
+    def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "random"):
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+        else:
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        y = self.torgb(x, next(w_iter))
+        img = img + y if img is not None else y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
+                 channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs: Any):
+        super().__init__()
+        log2 = int(np.log2(img_resolution))
+        if img_resolution < 4 or 2 ** log2 != img_resolution:
+            raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        self.channels_dict = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_channels = self.channels_dict[res // 2] if res > 4 else 0
+            block = SynthesisBlock(in_channels, self.channels_dict[res], w_dim=w_dim, resolution=res,
+                                   img_channels=img_channels, is_last=(res == img_resolution), **block_kwargs)
+            self.num_ws += block.num_conv
+            if res == img_resolution:
+                self.num_ws += block.num_torgb
+            setattr(self, f"b{res}", block)
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", return_features: bool = False):
+        block_ws, w_idx = [], 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws.append(ws.narrow(1, w_idx, block.num_conv + block.num_torgb))
+            w_idx += block.num_conv
+        x = img = None
+        features = []
+        for res, cur_ws in zip(self.block_resolutions, block_ws):
+            x, img = getattr(self, f"b{res}")(x, img, cur_ws, noise_mode=noise_mode)
+            features.append(x)
+        return (img, features) if return_features else img
+
+
+class Generator(nn.Module):
+    """z -> w (mapping) -> image (synthesis). ``forward(z, c, ...)`` as NVlabs' G / G_ema."""
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int = 3,
+                 mapping_kwargs: dict | None = None, **synthesis_kwargs: Any):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
+                                          **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws,
+                                      **(mapping_kwargs or {}))
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return self.synthesis.block_resolutions
+
+    def feature_channels(self) -> list[int]:
+        """Channels of each synthesis block's output, coarse to fine (the annotator's inputs)."""
+        return [self.synthesis.channels_dict[r] for r in self.block_resolutions]
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, noise_mode: str = "random", return_features: bool = False):
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, noise_mode=noise_mode, return_features=return_features)
