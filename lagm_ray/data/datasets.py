@@ -1,0 +1,61 @@
+"""Labelled splits (the few real labelled images, validation, test) for any dataset name.
+
+The trainer only sees :class:`LabelledSplits`; each dataset name maps to one loader here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, DataConfig
+
+
+@dataclass
+class LabelledSplits:
+    class_names: list[str]
+    train_images: torch.Tensor  # [N, 3, R, R] in [-1, 1]
+    train_masks: torch.Tensor  # [N, R, R] int64; 255 = ignore
+    val_images: torch.Tensor
+    val_masks: torch.Tensor
+    test_images: torch.Tensor
+    test_masks: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def resize_pair(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images by area averaging, masks by nearest neighbour (labels must stay labels)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images, masks
+    images = F.interpolate(images, size=(size, size), mode="area")
+    masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    return images, masks
+
+
+def load_labelled_splits(data: DataConfig) -> LabelledSplits:
+    """Load at the segmentor's input resolution (``seg_resolution`` or ``resolution``)."""
+    size = data.seg_resolution or data.resolution
+    if data.dataset == "embedded":
+        from .toyworld import SPLIT_SIZES, get_category, real_split
+
+        try:
+            category = get_category(data.category)
+        except ValueError as e:
+            raise ConfigError(f"data.category: {e}") from e
+        if data.num_labelled > SPLIT_SIZES["train"]:
+            raise ConfigError(f"data.num_labelled: {data.num_labelled} labelled images requested, but the embedded "
+                              f"'{data.category}' train split holds {SPLIT_SIZES['train']}")
+        for key, split in (("num_val", "val"), ("num_test", "test")):
+            if getattr(data, key) > SPLIT_SIZES[split]:
+                raise ConfigError(f"data.{key}: {getattr(data, key)} requested, but the embedded {split} split "
+                                  f"holds {SPLIT_SIZES[split]}")
+        tr = real_split(data.category, "train", size, data.num_labelled)
+        va = real_split(data.category, "val", size, data.num_val)
+        te = real_split(data.category, "test", size, data.num_test)
+        return LabelledSplits(list(category.class_names), *tr, *va, *te)
+    raise ConfigError(f"data.dataset: unknown dataset {data.dataset!r}; available: embedded")

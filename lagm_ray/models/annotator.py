@@ -1,0 +1,41 @@
+"""The annotator A_w: an FPN that decodes generator features into part logits (Appendix B, Fig. B.1).
+
+As in the reference code: one 1x1 lateral conv per synthesis-block output (coarse to fine), a
+top-down path that upsamples bilinearly and adds, no smoothing convs; then a head of two
+(3x3 conv without bias, BN, ReLU) and a 3x3 conv to class logits at the finest feature
+resolution, which for a StyleGAN2 is the image resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FPNAnnotator(nn.Module):
+    def __init__(self, feature_channels: Sequence[int], num_classes: int, width: int = 128):
+        super().__init__()
+        self.feature_channels = list(feature_channels)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in self.feature_channels)
+        self.head = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, 3, padding=1),
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """features: block outputs coarse to fine (as the generator returns them) -> logits."""
+        if len(features) != len(self.lateral):
+            raise ValueError(f"annotator expects {len(self.lateral)} feature maps, got {len(features)}")
+        x = self.lateral[0](features[0].float())
+        for lateral, feat in zip(self.lateral[1:], features[1:]):
+            x = F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + lateral(feat.float())
+        return self.head(x)

@@ -1,0 +1,131 @@
+"""A frozen generator as a source of synthetic samples: z -> (block features, image[, true mask]).
+
+Generator checkpoints are plain dicts loaded with ``weights_only=True``::
+
+    {"format": "lagm_ray.generator/v1", "init_kwargs": {...Generator(**kw)...},
+     "state_dict": {...NVlabs G_ema names...}, "meta": {"category", "class_names", "resolution", ...}}
+
+For the embedded world the latent *is* the scene: the renderer's parameters are
+``normal_cdf(z[:, :P])``, so every generated image has an exact true mask (the render of those
+parameters), which no real GAN can offer. ``embedded:<category>`` names the toy generators shipped
+in ``lagm_ray/assets``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import load_checkpoint
+from .models.generator import Generator
+
+ASSETS = Path(__file__).parent / "assets"
+GENERATOR_FORMAT = "lagm_ray.generator/v1"
+
+
+def embedded_generator_path(category: str) -> Path:
+    return ASSETS / f"toy_generator_{category}.pt"
+
+
+def resolve_generator_path(spec: str) -> Path:
+    if spec.startswith("embedded:"):
+        return embedded_generator_path(spec.split(":", 1)[1])
+    return Path(spec)
+
+
+def latent_to_params(z: torch.Tensor, num_params: int) -> torch.Tensor:
+    """Standard-normal latents -> uniform [0, 1) renderer parameters (the embedded world's scene)."""
+    p = 0.5 * (1.0 + torch.erf(z[:, :num_params].double() / 2.0**0.5))
+    return p.float().clamp(0.0, 1.0 - 1e-6)
+
+
+def load_generator(spec: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
+    path = resolve_generator_path(str(spec))
+    if not path.exists():
+        hint = " (train it with `lagm train-generator`)" if str(spec).startswith("embedded:") else ""
+        raise FileNotFoundError(f"generator checkpoint not found: {path}{hint}")
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") != GENERATOR_FORMAT:
+        raise ValueError(f"{path}: not a lagm_ray generator checkpoint (format {ckpt.get('format')!r}); "
+                         "NVlabs pickles are imported with `lagm import-generator`")
+    G = Generator(**ckpt["init_kwargs"])
+    G.load_state_dict(ckpt["state_dict"], strict=True)
+    G.eval().requires_grad_(False).to(device)
+    return G, dict(ckpt.get("meta", {}))
+
+
+@dataclass
+class SyntheticBatch:
+    z: torch.Tensor
+    features: list[torch.Tensor]  # synthesis block outputs, coarse to fine
+    images: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    true_masks: torch.Tensor | None  # [B, R, R] for the embedded world, else None
+
+
+class SyntheticSource:
+    """Samples a frozen generator. Deterministic given the torch.Generator (or seed) passed in."""
+
+    def __init__(self, G: Generator, meta: dict[str, Any], truncation_psi: float = 1.0,
+                 truncation_cutoff: int | None = None, noise_mode: str = "const"):
+        self.G = G
+        self.meta = meta
+        self.truncation_psi = truncation_psi
+        self.truncation_cutoff = truncation_cutoff
+        self.noise_mode = noise_mode
+        self.device = next(G.parameters()).device
+
+    @classmethod
+    def from_spec(cls, spec: str, device: torch.device | str = "cpu", **kwargs: Any) -> "SyntheticSource":
+        G, meta = load_generator(spec, device)
+        return cls(G, meta, **kwargs)
+
+    @property
+    def resolution(self) -> int:
+        return self.G.img_resolution
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+    @property
+    def category(self) -> str | None:
+        return self.meta.get("category")
+
+    @property
+    def has_true_masks(self) -> bool:
+        return self.meta.get("world") == "embedded" and self.truncation_psi == 1.0
+
+    def feature_channels(self) -> list[int]:
+        return self.G.feature_channels()
+
+    def latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.G.z_dim, generator=generator).to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
+               z: torch.Tensor | None = None) -> SyntheticBatch:
+        if z is None:
+            if generator is None:
+                generator = torch.Generator().manual_seed(0 if seed is None else seed)
+            z = self.latents(n, generator)
+        images, features = self.G(z.to(self.device), None, truncation_psi=self.truncation_psi,
+                                  truncation_cutoff=self.truncation_cutoff, noise_mode=self.noise_mode,
+                                  return_features=True)
+        true_masks = self.true_masks(z) if self.has_true_masks else None
+        return SyntheticBatch(z=z, features=[f.float() for f in features], images=images.clamp(-1, 1),
+                              true_masks=true_masks)
+
+    def true_masks(self, z: torch.Tensor) -> torch.Tensor:
+        from .data.toyworld import render
+
+        params = latent_to_params(z.cpu(), self.meta["num_params"])
+        _, masks = render(self.meta["category"], params, self.resolution)
+        return masks.to(self.device)
+
+
+def sample(n: int, seed: int, category: str = "faces", device: str = "cpu") -> SyntheticBatch:
+    """``sample(n, seed)`` on an embedded toy generator: features, image and true mask."""
+    return SyntheticSource.from_spec(f"embedded:{category}", device).sample(n, seed=seed)

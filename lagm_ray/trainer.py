@@ -1,0 +1,335 @@
+"""Algorithm 1 of LAGM, as a loop one can read top to bottom.
+
+    for t in 1..T:
+        g_real = grad_theta CE(S(x_l), y_l)                       labelled batch, no graph
+        x_g, h = G(z);  g_syn = grad_theta CE_soft(S(x_g), A(h))  synthetic batch, with graph
+        w <- w - eta_a grad_w D(g_syn, g_real)                    annotator step
+        if t % K == 0:                                            every K steps
+            x_g, h = G(z');  theta <- theta - eta_s grad_theta CE_soft(S(x_g), A(h))
+
+``method: supervised`` trains the same segmentor on the labelled images alone, same budget.
+
+The trainer knows nothing of Ray or MLflow. They plug in through :class:`Callback` (logging,
+checkpoints, reports) and ``grad_sync`` (averaging gradients across data-parallel workers).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import gm
+from .config import Config, ConfigError, resolve_device
+from .data.datasets import LabelledSplits, load_labelled_splits
+from .evaluation import annotator_confusion, picture_grid, segmentor_confusion, to_size
+from .io import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .metrics import summarize
+from .models.annotator import FPNAnnotator
+from .models.segmentors import UnknownBlockError, build_segmentor, load_torchvision_weights, select_matched_parameters
+from .synthetic import SyntheticSource
+
+CHECKPOINT_FORMAT = "lagm_ray.trainer/v1"
+BEST_FORMAT = "lagm_ray.best/v1"
+EVAL_SEED = 987_654  # generated samples for evaluation come from their own stream
+
+
+class Callback:
+    """Hooks the outer layers implement; every method is optional."""
+
+    def on_start(self, trainer: "Trainer") -> None: ...
+    def on_log(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, step: int, trainer: "Trainer") -> None: ...
+    def on_end(self, result: "TrainResult") -> None: ...
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # test metrics at the best validation step, plus bookkeeping
+    best_step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], o) -> torch.optim.Optimizer:
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, device: torch.device | str | None = None, rank: int = 0,
+                 grad_sync: Callable[[Sequence[nn.Parameter]], None] | None = None,
+                 splits: LabelledSplits | None = None, source: SyntheticSource | None = None):
+        self.cfg = cfg
+        t = cfg.train
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.run.device)
+        self.rank = rank
+        self.grad_sync = grad_sync
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        seed_everything(cfg.run.seed + 1_000_003 * rank)
+        # One stream for everything the loop samples (latents, labelled batches), per worker.
+        self.rng = torch.Generator().manual_seed(cfg.run.seed + 1_000_003 * rank)
+
+        self.splits = splits or load_labelled_splits(cfg.data)
+        self.class_names = self.splits.class_names
+        self.num_classes = len(self.class_names)
+        self.seg_size = cfg.data.seg_resolution or cfg.data.resolution
+        self.is_lagm = t.method == "lagm"
+
+        self.source: SyntheticSource | None = None
+        self.annotator: FPNAnnotator | None = None
+        if self.is_lagm:
+            g = cfg.generator
+            self.source = source or SyntheticSource.from_spec(
+                g.checkpoint, self.device, truncation_psi=g.truncation_psi,
+                truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode)
+            if self.source.resolution != cfg.data.resolution:
+                raise ConfigError(f"data.resolution is {cfg.data.resolution} but the generator "
+                                  f"{g.checkpoint} makes {self.source.resolution} px images")
+            if self.source.class_names and list(self.source.class_names) != self.class_names:
+                raise ConfigError(f"generator.checkpoint {g.checkpoint}: its classes {self.source.class_names} "
+                                  f"differ from the dataset's {self.class_names}")
+            self.feature_index = self._feature_index(cfg.annotator.feature_resolutions)
+            channels = [self.source.feature_channels()[i] for i in self.feature_index]
+            self.annotator = FPNAnnotator(channels, self.num_classes, cfg.annotator.width).to(self.device)
+
+        self.segmentor = build_segmentor(cfg.segmentor.kind, self.num_classes, width=cfg.segmentor.width)
+        if cfg.segmentor.init != "scratch":
+            load_torchvision_weights(self.segmentor, cfg.segmentor.init)
+        self.segmentor.to(self.device)
+        try:
+            self.matched = select_matched_parameters(self.segmentor, t.matched_blocks)
+        except UnknownBlockError as e:
+            raise ConfigError(f"train.matched_blocks: {e}") from e
+        self.matched_params = [p for _, p in self.matched]
+
+        self.opt_s = make_optimizer(self.segmentor.parameters(), t.segmentor_optim)
+        self.opt_a = make_optimizer(self.annotator.parameters(), t.annotator_optim) if self.annotator else None
+        self.step = 0
+        self.best: dict[str, Any] = {"step": 0, "metric": -1.0, "metrics": {}}
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------------------ data
+
+    def _feature_index(self, resolutions: Sequence[int]) -> list[int]:
+        available = list(self.source.G.block_resolutions)
+        if not resolutions:
+            return list(range(len(available)))
+        bad = [r for r in resolutions if r not in available]
+        if bad:
+            raise ConfigError(f"annotator.feature_resolutions: {bad} not among the generator's blocks {available}")
+        return [available.index(r) for r in sorted(resolutions)]
+
+    def labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.splits.train_images)
+        b = self.cfg.train.labelled_batch_size
+        idx = torch.arange(n) if b == 0 or b >= n else torch.randperm(n, generator=self.rng)[:b]
+        return self.splits.train_images[idx].to(self.device), self.splits.train_masks[idx].to(self.device)
+
+    def synthetic_batch(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Generated images at the segmentor's resolution and the generator features."""
+        batch = self.source.sample(self.cfg.train.synthetic_batch_size, generator=self.rng)
+        features = [batch.features[i] for i in self.feature_index]
+        return to_size(batch.images, self.seg_size), features
+
+    # ------------------------------------------------------------------------------ steps
+
+    def _apply(self, opt: torch.optim.Optimizer, params: Sequence[nn.Parameter]) -> None:
+        for p in params:
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad)  # as the reference code: one bad batch must not poison the weights
+        if self.grad_sync is not None:
+            self.grad_sync(params)
+        opt.step()
+
+    def annotator_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        A, S = self.annotator, self.segmentor
+        A.train()
+        S.train()  # BN uses batch statistics and dropout is on, as in the reference code
+        images, masks = self.labelled_batch()
+        with gm.only_these_require_grad(S, self.matched_params):
+            g_real = gm.real_gradient(S, self.matched_params, images, masks)
+            t0 = time.perf_counter()
+            syn_images, features = self.synthetic_batch()
+            t_gen = time.perf_counter() - t0
+            g_syn, loss_syn = gm.synthetic_gradient(S, self.matched_params, syn_images, A(features))
+            loss_gm = gm.matching_distance(g_syn, g_real, t.node_reduction, t.count_1d_tensors)
+        a_params = list(A.parameters())
+        # autograd.grad, not backward(): the segmentor's own .grad must stay untouched.
+        grads = torch.autograd.grad(loss_gm, a_params, allow_unused=True)
+        for p, g in zip(a_params, grads):
+            p.grad = g
+        self._apply(self.opt_a, a_params)
+        return {"loss/gm": loss_gm.item(), "loss/synthetic_gm_phase": loss_syn.item(), "time/generator_s": t_gen}
+
+    def segmentor_step_synthetic(self) -> dict[str, float]:
+        A, S = self.annotator, self.segmentor
+        S.train()
+        syn_images, features = self.synthetic_batch()
+        with torch.no_grad():
+            annot_logits = A(features)
+        loss = gm.synthetic_loss(S(syn_images), annot_logits, self.cfg.train.synthetic_target)
+        self.opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        self._apply(self.opt_s, list(S.parameters()))
+        return {"loss/segmentor": loss.item()}
+
+    def segmentor_step_supervised(self) -> dict[str, float]:
+        S = self.segmentor
+        S.train()
+        images, masks = self.labelled_batch()
+        loss = F.cross_entropy(S(images), masks, ignore_index=255)
+        self.opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        self._apply(self.opt_s, list(S.parameters()))
+        return {"loss/segmentor": loss.item()}
+
+    def train_step(self) -> dict[str, float]:
+        self.step += 1
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if self.is_lagm:
+            metrics.update(self.annotator_step())
+            t1 = time.perf_counter()
+            metrics["time/annotator_phase_s"] = t1 - t0
+            if self.step % self.cfg.train.K == 0:
+                metrics.update(self.segmentor_step_synthetic())
+                metrics["time/segmentor_phase_s"] = time.perf_counter() - t1
+        else:
+            metrics.update(self.segmentor_step_supervised())
+        metrics["time/step_s"] = time.perf_counter() - t0
+        return metrics
+
+    # ------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, pictures: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+        """val and test metrics of the segmentor (and the annotator vs truth when available);
+        remembers the best validation step (the paper selects checkpoints on FG-mIoU)."""
+        e, sp = self.cfg.eval, self.splits
+        out: dict[str, float] = {}
+        cm_val = segmentor_confusion(self.segmentor, sp.val_images, sp.val_masks, self.num_classes)
+        cm_test = segmentor_confusion(self.segmentor, sp.test_images, sp.test_masks, self.num_classes)
+        for split, cm in (("val", cm_val), ("test", cm_test)):
+            for k, v in summarize(cm, self.class_names, e.absent_class).items():
+                out[f"{split}/{k}"] = v
+        if self.annotator is not None and self.source.has_true_masks:
+            cm_a = annotator_confusion(self.annotator, self.source, e.num_annotator_samples, EVAL_SEED,
+                                       self.num_classes)
+            for k, v in summarize(cm_a, self.class_names, e.absent_class).items():
+                out[f"annotator/{k}_vs_truth"] = v
+        if out["val/fg_miou"] > self.best["metric"]:
+            self.best = {"step": self.step, "metric": out["val/fg_miou"], "metrics": dict(out),
+                         "segmentor": copy.deepcopy(self.segmentor.state_dict()),
+                         "annotator": copy.deepcopy(self.annotator.state_dict()) if self.annotator else None}
+        self.history.append({"step": self.step, **out})
+        pics: dict[str, Any] = {}
+        if pictures:
+            from .viz import confusion_matrix_figure
+
+            pics["samples"] = picture_grid(self.annotator, self.segmentor, self.source, sp.test_images,
+                                           sp.test_masks, self.class_names, self.seg_size)
+            pics["confusion_test"] = confusion_matrix_figure(cm_test, self.class_names)
+        return out, pics
+
+    def result(self) -> TrainResult:
+        m = self.best["metrics"]
+        metrics = {k: v for k, v in m.items() if not k.startswith("val/iou") and not k.startswith("test/iou/")}
+        metrics.update({f"final/{k}": v for k, v in (self.history[-1] if self.history else {}).items() if k != "step"})
+        metrics["best_step"] = self.best["step"]
+        return TrainResult(metrics=metrics, best_step=self.best["step"], history=list(self.history))
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def fit(self, callbacks: Sequence[Callback] = (), pictures: bool = True) -> TrainResult:
+        t = self.cfg.train
+        for cb in callbacks:
+            cb.on_start(self)
+        while self.step < t.steps:
+            metrics = self.train_step()
+            step = self.step
+            if step % t.log_interval == 0 or step == 1:
+                for cb in callbacks:
+                    cb.on_log(step, metrics)
+            if step % t.eval_interval == 0 or step == t.steps:
+                want_pics = pictures and (step == t.steps or (t.picture_interval and step % t.picture_interval == 0))
+                ev, pics = self.evaluate(pictures=bool(want_pics))
+                for cb in callbacks:
+                    cb.on_eval(step, ev, pics)
+            if step % t.checkpoint_interval == 0 or step == t.steps:
+                for cb in callbacks:
+                    cb.on_checkpoint(step, self)
+        result = self.result()
+        for cb in callbacks:
+            cb.on_end(result)
+        return result
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "segmentor": self.segmentor.state_dict(),
+            "annotator": self.annotator.state_dict() if self.annotator else None,
+            "opt_s": self.opt_s.state_dict(),
+            "opt_a": self.opt_a.state_dict() if self.opt_a else None,
+            "rng": {"trainer": self.rng.get_state(), **rng_state()},
+            "best": self.best,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a lagm_ray trainer checkpoint (format {state.get('format')!r})")
+        self.segmentor.load_state_dict(state["segmentor"])
+        self.opt_s.load_state_dict(state["opt_s"])
+        if self.annotator is not None:
+            self.annotator.load_state_dict(state["annotator"])
+            self.opt_a.load_state_dict(state["opt_a"])
+        self.rng.set_state(state["rng"]["trainer"])
+        set_rng_state({k: v for k, v in state["rng"].items() if k != "trainer"})
+        self.step = int(state["step"])
+        self.best = state["best"]
+        self.history = list(state["history"])
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(self.state_dict(), path)
+
+    def save_best(self, path: str | Path) -> None:
+        """Annotator and segmentor at the best validation step: what `lagm evaluate` and
+        `lagm generate` take."""
+        save_checkpoint({"format": BEST_FORMAT, "config": self.cfg.to_dict(), "step": self.best["step"],
+                         "metrics": self.best["metrics"], "class_names": self.class_names,
+                         "segmentor": self.best.get("segmentor") or self.segmentor.state_dict(),
+                         "annotator": self.best.get("annotator") if self.annotator else None}, path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+
+class LocalCheckpoints(Callback):
+    """Writes ``last.pt`` (everything needed to resume) at every checkpoint interval and
+    ``best.pt`` (annotator + segmentor at the best validation step) at the end, atomically."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.trainer: Trainer | None = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_checkpoint(self, step: int, trainer: Trainer) -> None:
+        trainer.save(self.directory / "last.pt")
+
+    def on_end(self, result: TrainResult) -> None:
+        self.trainer.save_best(self.directory / "best.pt")
