@@ -240,6 +240,29 @@ class Trainer:
             pics["confusion_test"] = confusion_matrix_figure(cm_test, self.class_names)
         return out, pics
 
+    def downstream(self, use_best: bool = True) -> dict[str, float]:
+        """Table 1's protocol: label ``eval.downstream_images`` generated images with the (best) annotator,
+        train a fresh segmentor of the same kind on them alone, report test metrics at its best val epoch."""
+        from .evaluation import synthetic_dataset, train_downstream
+
+        if self.annotator is None:
+            raise ConfigError("the downstream protocol needs an annotator: train.method must be lagm")
+        e, sp = self.cfg.eval, self.splits
+        annotator = copy.deepcopy(self.annotator)
+        if use_best and self.best.get("annotator") is not None:
+            annotator.load_state_dict(self.best["annotator"])
+        images, labels = synthetic_dataset(annotator, self.source, e.downstream_images, self.seg_size,
+                                           seed=EVAL_SEED + 1, feature_index=self.feature_index)
+        torch.manual_seed(self.cfg.run.seed)
+        fresh = build_segmentor(self.cfg.segmentor.kind, self.num_classes, width=self.cfg.segmentor.width)
+        if self.cfg.segmentor.init != "scratch":
+            load_torchvision_weights(fresh, self.cfg.segmentor.init)
+        fresh.to(self.device)
+        m = train_downstream(fresh, images, labels, (sp.val_images, sp.val_masks), (sp.test_images, sp.test_masks),
+                             self.class_names, e.downstream_epochs, e.downstream_batch_size, e.downstream_lr,
+                             seed=self.cfg.run.seed, absent=e.absent_class)
+        return {f"downstream/{k}": v for k, v in m.items() if "/iou/" not in k}
+
     def result(self) -> TrainResult:
         m = self.best["metrics"]
         metrics = {k: v for k, v in m.items() if not k.startswith("val/iou") and not k.startswith("test/iou/")}

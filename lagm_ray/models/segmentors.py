@@ -348,10 +348,10 @@ class DoubleConv(nn.Module):
         super().__init__()
         mid = mid_channels or out_channels
         self.double_conv = nn.Sequential(
-            nn.Conv2d(in_channels, mid, kernel_size=3, padding=1),
+            nn.Conv2d(in_channels, mid, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(mid),
             nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out_channels, kernel_size=3, padding=1),
+            nn.Conv2d(mid, out_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -588,7 +588,9 @@ def load_torchvision_weights(model: nn.Module, path: str | Path, strict: bool = 
         warnings.warn(msg + " -- those keys were skipped (strict=False)", stacklevel=2)
     sd = {k: v for k, v in sd.items() if k in own and k not in mismatched}
     result = target.load_state_dict(sd, strict=False)
-    left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked") and k not in missing]
+    # keys skipped under strict=False (missing from the file, or of the wrong shape) keep their init
+    left = [k for k in result.missing_keys
+            if not k.endswith("num_batches_tracked") and k not in missing and k not in mismatched]
     if left or result.unexpected_keys:  # cannot happen after the checks above; guard anyway
         raise ValueError(f"segmentor weights {path}: load_state_dict reported missing {left} "
                          f"unexpected {result.unexpected_keys}")

@@ -1,0 +1,181 @@
+"""`lagm` command line: thin wrappers that build a Config and call the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, load_config
+
+app = typer.Typer(help="LAGM (learning to annotate part segmentation with gradient matching) on Ray.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (defaults are the paper's).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a key, e.g. --set train.K=5 (repeatable).")
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: bool = True,
+              description: str | None = None):
+    """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar."""
+    from .progress import ProgressCallback
+    from .trainer import LocalCheckpoints, Trainer
+
+    run_dir = run_dir_of(cfg)
+    trainer = Trainer(cfg)
+    if resume:
+        path = run_dir / "last.pt" if resume == "auto" else Path(resume)
+        if path.exists():
+            trainer.load(path)
+            console.print(f"resumed from {path} at step {trainer.step}")
+        elif resume != "auto":
+            fail(f"checkpoint to resume from not found: {path}")
+    callbacks = [LocalCheckpoints(run_dir)]
+    if progress:
+        callbacks.append(ProgressCallback(description or cfg.run.name))
+    if track and cfg.tracking.enabled:
+        from .tracking import MLflowCallback
+
+        run_id_file = run_dir / "mlflow_run_id"
+        run_id = run_id_file.read_text().strip() if trainer.step > 0 and run_id_file.exists() else None
+        cb = MLflowCallback(cfg, run_id=run_id)
+        callbacks.append(cb)
+        result = trainer.fit(callbacks)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id_file.write_text(cb.run_id or "")
+    else:
+        result = trainer.fit(callbacks)
+    from .io import atomic_write_text
+
+    atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))
+    return result
+
+
+def print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in sorted(metrics.items()):
+        if "/iou/" in k:
+            continue
+        shown = f"{100 * v:.2f}" if ("iou" in k or "acc" in k) else f"{v:g}"
+        table.add_row(k, shown)
+    console.print(table)
+
+
+@app.command()
+def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+          resume: Optional[str] = typer.Option(None, help="'auto' (the run dir's last.pt) or a checkpoint path."),
+          track: bool = typer.Option(True, help="Log to MLflow.")):
+    """Train an annotator (LAGM) or a baseline from a config."""
+    try:
+        cfg = load_config(config, set_ or [])
+        result = train_one(cfg, resume=resume, track=track)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    print_metrics(f"{cfg.run.name}: test metrics at the best validation step ({result.best_step})", result.metrics)
+
+
+@app.command()
+def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of a run"),
+             config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+             downstream: bool = typer.Option(False, help="Also run Table 1's downstream protocol.")):
+    """Evaluate a trained segmentor (and annotator) on the test split."""
+    from .evaluate_run import evaluate_checkpoint
+
+    try:
+        metrics = evaluate_checkpoint(checkpoint, config, set_ or [], downstream=downstream)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    print_metrics(f"evaluation of {checkpoint}", metrics)
+
+
+@app.command("train-generator")
+def train_generator_cmd(category: str = typer.Option("faces", help="Embedded world category."),
+                        resolution: int = typer.Option(64),
+                        steps: int = typer.Option(3000),
+                        batch_size: int = typer.Option(16),
+                        seed: int = typer.Option(0),
+                        out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
+                        track: bool = typer.Option(True, help="Log to MLflow.")):
+    """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
+    from .generator_training import GeneratorTrainConfig, train_generator
+    from .progress import make_progress
+    from .synthetic import embedded_generator_path
+
+    c = GeneratorTrainConfig(category=category, resolution=resolution, steps=steps, batch_size=batch_size, seed=seed)
+    out = out or embedded_generator_path(category)
+    logger = None
+    if track:
+        import mlflow
+
+        from .tracking import code_version, tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_experiment("lagm-generators")
+        mlflow.start_run(run_name=f"toy-generator-{category}-{resolution}px", tags=code_version())
+        mlflow.log_params(c.__dict__)
+        logger = mlflow
+    with make_progress() as progress:
+        task = progress.add_task(f"generator {category}", total=steps, info="")
+
+        def on_step(step, m):
+            progress.update(task, completed=step, info=f"L1 {m['loss/distill']:.4f}")
+            if logger is not None and step % 100 == 0:
+                logger.log_metrics(m, step=step)
+
+        metrics = train_generator(c, out, on_step=on_step)
+    if logger is not None:
+        logger.log_metrics(metrics)
+        logger.end_run()
+    console.print(f"saved {out}: held-out L1 {metrics['heldout_l1']:.4f}, {metrics['train_seconds']:.0f} s")
+
+
+@app.command()
+def render(category: str = typer.Option("faces"), n: int = typer.Option(8), resolution: int = typer.Option(64),
+           out: Path = typer.Option(Path("world.png")), generated: bool = typer.Option(
+               True, help="Also show the toy generator's samples beside the renders.")):
+    """Picture grid of the embedded world: renders, generated images and their true masks."""
+    from .world_preview import world_grid
+
+    try:
+        image = world_grid(category, n, resolution, generated=generated)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    from .viz import save_png
+
+    save_png(image, out)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (smoke test)."),
+               seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
+               out: Path = typer.Option(Path("quickstart_results.json")),
+               track: bool = typer.Option(True, help="Log to MLflow.")):
+    """LAGM vs supervised-only with 2 and 10 labels on the embedded faces; prints a table."""
+    from .quickstart import run_quickstart
+
+    run_quickstart(quick=quick, seeds=[int(s) for s in seeds.split(",") if s.strip()], out=out, track=track)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,44 @@
+"""Progress bars for long work (rich), as a trainer callback and a plain step counter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .trainer import Callback, Trainer, TrainResult
+
+console = Console(stderr=True)
+
+
+def make_progress(transient: bool = False) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    console=console, transient=transient)
+
+
+class ProgressCallback(Callback):
+    def __init__(self, description: str = "train"):
+        self.description = description
+        self.progress: Progress | None = None
+        self.task = None
+        self.info = ""
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.progress = make_progress()
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=trainer.cfg.train.steps,
+                                           completed=trainer.step, info="")
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("loss/gm", metrics.get("loss/segmentor"))
+        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f} {self.info}" if loss is not None else "")
+
+    def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None:
+        self.info = f"val FG-mIoU {100 * metrics['val/fg_miou']:.1f}"
+        self.progress.update(self.task, completed=step, info=self.info)
+
+    def on_end(self, result: TrainResult) -> None:
+        self.progress.update(self.task, completed=self.progress.tasks[0].total)
+        self.progress.stop()

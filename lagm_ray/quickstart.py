@@ -1,0 +1,110 @@
+"""`lagm quickstart`: LAGM against supervised-only with 2 and 10 labelled images on the embedded
+faces, on a CPU budget; prints a table and writes quickstart_results.json."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_config
+from .io import atomic_write_text
+
+CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
+console = Console()
+
+
+def quickstart_configs(quick: bool = False, seeds=(0,)):
+    """(method, labels, seed) -> Config, all from configs/quickstart.yaml."""
+    out = {}
+    for seed in seeds:
+        for method in ("lagm", "supervised"):
+            for labels in (2, 10):
+                overrides = {"train.method": method, "data.num_labelled": labels, "run.seed": seed,
+                             "run.name": f"quickstart-{method}-{labels}-seed{seed}"}
+                if quick:
+                    overrides.update({"train.steps": 40, "train.eval_interval": 20, "train.checkpoint_interval": 20,
+                                      "train.log_interval": 10, "data.num_val": 20, "data.num_test": 20,
+                                      "eval.num_annotator_samples": 16})
+                out[(method, labels, seed)] = load_config(CONFIG, overrides)
+    return out
+
+
+def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart_results.json"),
+                   track: bool = True) -> dict:
+    from .cli import train_one
+
+    configs = quickstart_configs(quick, seeds)
+    parent_id = None
+    if track:
+        import mlflow
+
+        from .tracking import code_version, setup
+
+        any_cfg = next(iter(configs.values()))
+        experiment_id = setup(any_cfg)
+        parent = mlflow.start_run(experiment_id=experiment_id, run_name="quickstart", tags=code_version())
+        parent_id = parent.info.run_id
+        mlflow.end_run()
+    results: dict[tuple, dict] = {}
+    start = time.perf_counter()
+    for (method, labels, seed), cfg in configs.items():
+        if parent_id:
+            cfg = cfg.replace({"tracking.parent_run_id": parent_id})
+        t0 = time.perf_counter()
+        r = train_one(cfg, track=track, description=f"{method} {labels} labels seed {seed}")
+        results[(method, labels, seed)] = {**r.metrics, "seconds": time.perf_counter() - t0}
+
+    def stat(method, labels, key):
+        vals = [results[(method, labels, s)][key] for s in seeds if key in results[(method, labels, s)]]
+        return vals
+
+    summary: dict[str, float | list] = {}
+    for method in ("lagm", "supervised"):
+        for labels in (2, 10):
+            vals = stat(method, labels, "test/fg_miou")
+            summary[f"{method}_fg_miou_{labels}"] = statistics.mean(vals)
+            if len(vals) > 1:
+                summary[f"{method}_fg_miou_{labels}_std"] = statistics.stdev(vals)
+                summary[f"{method}_fg_miou_{labels}_per_seed"] = vals
+    ann = stat("lagm", 10, "annotator/miou_vs_truth")
+    summary["annotator_miou_vs_truth_10"] = statistics.mean(ann)
+    ann2 = stat("lagm", 2, "annotator/miou_vs_truth")
+    summary["annotator_miou_vs_truth_2"] = statistics.mean(ann2)
+    summary["seeds"] = list(seeds)
+    summary["quick"] = quick
+    summary["total_seconds"] = time.perf_counter() - start
+    summary["runs"] = {f"{m}-{l}-seed{s}": {k: v for k, v in r.items() if not k.startswith("final/")}
+                       for (m, l, s), r in results.items()}
+    atomic_write_text(out, json.dumps(summary, indent=2))
+    if parent_id:
+        import mlflow
+
+        with mlflow.start_run(run_id=parent_id):
+            mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+            mlflow.log_dict(summary, "quickstart_results.json")
+
+    table = Table(title=f"Quickstart: embedded faces, test FG-mIoU (%), seeds {list(seeds)}")
+    table.add_column("method")
+    for labels in (2, 10):
+        table.add_column(f"{labels} labels", justify="right")
+    for method in ("lagm", "supervised"):
+        cells = []
+        for labels in (2, 10):
+            m = summary[f"{method}_fg_miou_{labels}"]
+            sd = summary.get(f"{method}_fg_miou_{labels}_std")
+            cells.append(f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else ""))
+        table.add_row("LAGM" if method == "lagm" else "supervised-only", *cells)
+    table.add_row("annotator mIoU vs true masks", f"{100 * summary['annotator_miou_vs_truth_2']:.1f}",
+                  f"{100 * summary['annotator_miou_vs_truth_10']:.1f}")
+    console.print(table)
+    console.print(f"wrote {out} ({summary['total_seconds']:.0f} s)")
+    if track:
+        from .tracking import tracking_uri
+
+        console.print(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri()}  (then open http://127.0.0.1:5000)")
+    return summary
