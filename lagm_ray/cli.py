@@ -107,8 +107,8 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of 
 @app.command("train-generator")
 def train_generator_cmd(category: str = typer.Option("faces", help="Embedded world category."),
                         resolution: int = typer.Option(64),
-                        steps: int = typer.Option(3000),
-                        batch_size: int = typer.Option(16),
+                        steps: int = typer.Option(8000),
+                        batch_size: int = typer.Option(8),
                         seed: int = typer.Option(0),
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
                         track: bool = typer.Option(True, help="Log to MLflow.")):

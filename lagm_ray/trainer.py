@@ -74,8 +74,9 @@ class Trainer:
         self.grad_sync = grad_sync
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
-        seed_everything(cfg.run.seed + 1_000_003 * rank)
-        # One stream for everything the loop samples (latents, labelled batches), per worker.
+        # Every worker builds the same initial networks (seeded by run.seed alone) but samples its
+        # own latents and labelled batches from a per-worker stream.
+        seed_everything(cfg.run.seed)
         self.rng = torch.Generator().manual_seed(cfg.run.seed + 1_000_003 * rank)
 
         self.splits = splits or load_labelled_splits(cfg.data)
@@ -282,7 +283,8 @@ class Trainer:
             if step % t.log_interval == 0 or step == 1:
                 for cb in callbacks:
                     cb.on_log(step, metrics)
-            if step % t.eval_interval == 0 or step == t.steps:
+            # Only the first worker evaluates: every worker holds the same weights after averaging.
+            if self.rank == 0 and (step % t.eval_interval == 0 or step == t.steps):
                 want_pics = pictures and (step == t.steps or (t.picture_interval and step % t.picture_interval == 0))
                 ev, pics = self.evaluate(pictures=bool(want_pics))
                 for cb in callbacks:

@@ -10,7 +10,9 @@ Differences from NVlabs, none of which changes a name or a result in float32:
 * the modulated convolution always runs un-fused (scale the input, shared conv, demodulate), which is
   NVlabs' ``fused_modconv=False`` path and equal to the fused one up to rounding;
 * no fp16 layers; ``forward(..., return_features=True)`` also returns every synthesis block's output
-  (the features h that LAGM's annotator reads).
+  (the features h that LAGM's annotator reads);
+* ``input_mode="w"`` (off by default) replaces ``synthesis.b4.const`` by ``synthesis.b4.input``, a linear
+  map from w to the 4x4 input, used by the embedded world's toy generator only.
 """
 
 from __future__ import annotations
@@ -226,15 +228,22 @@ class SynthesisBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1),
-                 conv_clamp: float | None = None, **layer_kwargs: Any):
+                 conv_clamp: float | None = None, input_mode: str = "const", **layer_kwargs: Any):
         super().__init__()
         if architecture != "skip":
             raise ValueError(f"only the 'skip' architecture (StyleGAN2 config-f) is supported, got {architecture!r}")
+        if input_mode not in ("const", "w"):
+            raise ValueError(f"input_mode must be 'const' (NVlabs) or 'w', got {input_mode!r}")
+        self.input_mode = input_mode
         self.in_channels, self.resolution, self.is_last = in_channels, resolution, is_last
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
         self.num_conv = self.num_torgb = 0
-        if in_channels == 0:
+        if in_channels == 0 and input_mode == "const":
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        elif in_channels == 0:
+            # Not in NVlabs: the first block's input is a linear function of w instead of a constant.
+            # The toy generator uses it to learn an exact latent -> scene layout in minutes on a CPU.
+            self.input = FullyConnectedLayer(w_dim, out_channels * resolution * resolution)
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
                                         resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs)
@@ -247,8 +256,10 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x, img, ws: torch.Tensor, noise_mode: str = "random"):
         w_iter = iter(ws.unbind(dim=1))
-        if self.in_channels == 0:
+        if self.in_channels == 0 and self.input_mode == "const":
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+        elif self.in_channels == 0:
+            x = self.input(ws[:, 0]).reshape(ws.shape[0], -1, self.resolution, self.resolution)
         else:
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
         x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
@@ -279,18 +290,24 @@ class SynthesisNetwork(nn.Module):
                 self.num_ws += block.num_torgb
             setattr(self, f"b{res}", block)
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random", return_features: bool = False):
+    def run_blocks(self, ws: torch.Tensor, noise_mode: str = "random"):
+        """Every block's output x and its running skip image (the image so far, at that resolution)."""
         block_ws, w_idx = [], 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
             block_ws.append(ws.narrow(1, w_idx, block.num_conv + block.num_torgb))
             w_idx += block.num_conv
         x = img = None
-        features = []
+        features, images = [], []
         for res, cur_ws in zip(self.block_resolutions, block_ws):
             x, img = getattr(self, f"b{res}")(x, img, cur_ws, noise_mode=noise_mode)
             features.append(x)
-        return (img, features) if return_features else img
+            images.append(img)
+        return features, images
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", return_features: bool = False):
+        features, images = self.run_blocks(ws, noise_mode)
+        return (images[-1], features) if return_features else images[-1]
 
 
 class Generator(nn.Module):
