@@ -40,15 +40,24 @@ def annotator_labels(annotator: nn.Module, features: Sequence[torch.Tensor]) -> 
     return labels
 
 
+def feature_select(features: Sequence[torch.Tensor], index: Sequence[int] | None) -> list[torch.Tensor]:
+    """The generator blocks that feed the annotator (``annotator.feature_resolutions``)."""
+    return list(features) if index is None else [features[i] for i in index]
+
+
 def annotator_confusion(annotator: nn.Module, source: SyntheticSource, n: int, seed: int, num_classes: int,
-                        batch_size: int = 16) -> torch.Tensor:
+                        batch_size: int = 16, feature_index: Sequence[int] | None = None) -> torch.Tensor:
     """Annotator labels of generated images against their true masks (embedded world only).
     Uses its own seeded generator, so it never disturbs the training RNG."""
     rng = torch.Generator().manual_seed(seed)
     meter = ConfusionMeter(num_classes)
     for i in range(0, n, batch_size):
         batch = source.sample(min(batch_size, n - i), generator=rng)
-        meter.update(annotator_labels(annotator, batch.features).cpu(), batch.true_masks.cpu())
+        labels = annotator_labels(annotator, feature_select(batch.features, feature_index)).cpu()
+        truth = batch.true_masks.cpu()
+        if labels.shape[-2:] != truth.shape[-2:]:  # annotator fed by coarser blocks only: score at mask size
+            labels = F.interpolate(labels[:, None].float(), size=truth.shape[-2:], mode="nearest")[:, 0].long()
+        meter.update(labels, truth)
     return meter.matrix
 
 
@@ -61,7 +70,7 @@ def to_size(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def picture_grid(annotator: nn.Module | None, segmentor: nn.Module, source: SyntheticSource | None,
                  test_images: torch.Tensor, test_masks: torch.Tensor, class_names: Sequence[str],
-                 seg_size: int, n: int = 4, seed: int = 1234):
+                 seg_size: int, n: int = 4, seed: int = 1234, feature_index: Sequence[int] | None = None):
     """Rows of generated samples (image, annotator labels, segmentor prediction, true mask) then
     rows of test images (image, -, segmentor prediction, true mask)."""
     from .viz import labelled_grid
@@ -81,7 +90,7 @@ def picture_grid(annotator: nn.Module | None, segmentor: nn.Module, source: Synt
     if annotator is not None and source is not None:
         batch = source.sample(n, seed=seed)
         images = to_size(batch.images, seg_size).cpu()
-        annot = F.interpolate(annotator_labels(annotator, batch.features)[:, None].float(), size=(seg_size,) * 2,
+        annot = F.interpolate(annotator_labels(annotator, feature_select(batch.features, feature_index))[:, None].float(), size=(seg_size,) * 2,
                               mode="nearest")[:, 0].long().cpu()
         truth = None
         if batch.true_masks is not None:
@@ -103,8 +112,7 @@ def synthetic_dataset(annotator: nn.Module, source: SyntheticSource, n: int, seg
     images, labels = [], []
     for i in range(0, n, batch_size):
         batch = source.sample(min(batch_size, n - i), generator=rng)
-        feats = batch.features if feature_index is None else [batch.features[j] for j in feature_index]
-        lab = annotator_labels(annotator, feats)
+        lab = annotator_labels(annotator, feature_select(batch.features, feature_index))
         images.append(to_size(batch.images, seg_size).cpu())
         labels.append(F.interpolate(lab[:, None].float(), size=(seg_size,) * 2, mode="nearest")[:, 0].long().cpu())
     return torch.cat(images), torch.cat(labels)

@@ -224,7 +224,7 @@ class Trainer:
                 out[f"{split}/{k}"] = v
         if self.annotator is not None and self.source.has_true_masks:
             cm_a = annotator_confusion(self.annotator, self.source, e.num_annotator_samples, EVAL_SEED,
-                                       self.num_classes)
+                                       self.num_classes, feature_index=self.feature_index)
             for k, v in summarize(cm_a, self.class_names, e.absent_class).items():
                 out[f"annotator/{k}_vs_truth"] = v
         if out["val/fg_miou"] > self.best["metric"]:
@@ -237,7 +237,8 @@ class Trainer:
             from .viz import confusion_matrix_figure
 
             pics["samples"] = picture_grid(self.annotator, self.segmentor, self.source, sp.test_images,
-                                           sp.test_masks, self.class_names, self.seg_size)
+                                           sp.test_masks, self.class_names, self.seg_size,
+                                           feature_index=self.feature_index if self.annotator else None)
             pics["confusion_test"] = confusion_matrix_figure(cm_test, self.class_names)
         return out, pics
 

@@ -47,3 +47,14 @@ def tiny_config(tiny_generator_path, tmp_path):
     def make(**extra):
         return load_config(None, tiny_overrides(tiny_generator_path, tmp_path, **extra))
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster of 2 CPUs for the whole session (started once: it takes seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
