@@ -166,11 +166,18 @@ def render(category: str = typer.Option("faces"), n: int = typer.Option(8), reso
 def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (smoke test)."),
                seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
                out: Path = typer.Option(Path("quickstart_results.json")),
-               track: bool = typer.Option(True, help="Log to MLflow.")):
+               track: bool = typer.Option(True, help="Log to MLflow."),
+               set_: Optional[list[str]] = SetOpt):
     """LAGM vs supervised-only with 2 and 10 labels on the embedded faces; prints a table."""
+    from .config import parse_override
     from .quickstart import run_quickstart
 
-    run_quickstart(quick=quick, seeds=[int(s) for s in seeds.split(",") if s.strip()], out=out, track=track)
+    try:
+        extra = dict(parse_override(o) for o in set_ or [])
+        run_quickstart(quick=quick, seeds=[int(s) for s in seeds.split(",") if s.strip()], out=out, track=track,
+                       extra=extra)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
 
 
 def main() -> None:  # pragma: no cover

@@ -18,8 +18,8 @@ CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 console = Console()
 
 
-def quickstart_configs(quick: bool = False, seeds=(0,)):
-    """(method, labels, seed) -> Config, all from configs/quickstart.yaml."""
+def quickstart_configs(quick: bool = False, seeds=(0,), extra: dict | None = None):
+    """(method, labels, seed) -> Config, all from configs/quickstart.yaml (``extra`` overrides last)."""
     out = {}
     for seed in seeds:
         for method in ("lagm", "supervised"):
@@ -30,15 +30,15 @@ def quickstart_configs(quick: bool = False, seeds=(0,)):
                     overrides.update({"train.steps": 40, "train.eval_interval": 20, "train.checkpoint_interval": 20,
                                       "train.log_interval": 10, "data.num_val": 20, "data.num_test": 20,
                                       "eval.num_annotator_samples": 16})
-                out[(method, labels, seed)] = load_config(CONFIG, overrides)
+                out[(method, labels, seed)] = load_config(CONFIG, {**overrides, **(extra or {})})
     return out
 
 
 def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart_results.json"),
-                   track: bool = True) -> dict:
+                   track: bool = True, extra: dict | None = None) -> dict:
     from .cli import train_one
 
-    configs = quickstart_configs(quick, seeds)
+    configs = quickstart_configs(quick, seeds, extra)
     parent_id = None
     if track:
         import mlflow
