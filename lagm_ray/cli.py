@@ -66,12 +66,12 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from .metrics import drop_per_class  # imports torch: keep `lagm --help` fast
+
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in sorted(metrics.items()):
-        if "/iou/" in k:
-            continue
+    for k, v in sorted(drop_per_class(metrics).items()):
         shown = f"{100 * v:.2f}" if ("iou" in k or "acc" in k) else f"{v:g}"
         table.add_row(k, shown)
     console.print(table)
@@ -113,36 +113,44 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
                         track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
-    from .generator_training import GeneratorTrainConfig, train_generator
+    from .generator_training import GeneratorTrainConfig
+
+    c = GeneratorTrainConfig(category=category, resolution=resolution, steps=steps, batch_size=batch_size, seed=seed)
+    train_toy_generator(c, out, track=track)
+
+
+def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> dict[str, float]:
+    """Train a toy generator with a progress bar, logged to MLflow (experiment lagm-generators)."""
+    from .generator_training import train_generator
     from .progress import make_progress
     from .synthetic import embedded_generator_path
 
-    c = GeneratorTrainConfig(category=category, resolution=resolution, steps=steps, batch_size=batch_size, seed=seed)
-    out = out or embedded_generator_path(category)
-    logger = None
+    out = out or embedded_generator_path(c.category)
+    log_metrics = None
     if track:
         import mlflow
 
-        from .tracking import code_version, tracking_uri
+        from .tracking import code_version, log_params, use_experiment
 
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment("lagm-generators")
-        mlflow.start_run(run_name=f"toy-generator-{category}-{resolution}px", tags=code_version())
-        mlflow.log_params(c.__dict__)
-        logger = mlflow
+        experiment_id = use_experiment("lagm-generators")
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"toy-generator-{c.category}-{c.resolution}px",
+                         tags=code_version())
+        log_params(c.__dict__)
+        log_metrics = mlflow.log_metrics
     with make_progress() as progress:
-        task = progress.add_task(f"generator {category}", total=steps, info="")
+        task = progress.add_task(f"generator {c.category}", total=c.steps, info="")
 
         def on_step(step, m):
             progress.update(task, completed=step, info=f"L1 {m['loss/distill']:.4f}")
-            if logger is not None and step % 100 == 0:
-                logger.log_metrics(m, step=step)
+            if log_metrics is not None and step % 100 == 0:
+                log_metrics(m, step=step)
 
         metrics = train_generator(c, out, on_step=on_step)
-    if logger is not None:
-        logger.log_metrics(metrics)
-        logger.end_run()
+    if log_metrics is not None:
+        log_metrics(metrics)
+        mlflow.end_run()
     console.print(f"saved {out}: held-out L1 {metrics['heldout_l1']:.4f}, {metrics['train_seconds']:.0f} s")
+    return metrics
 
 
 @app.command()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .config import from_dict, load_config, parse_override
 from .io import load_checkpoint
+from .metrics import drop_per_class
 from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT, Trainer
 
 
@@ -36,7 +37,7 @@ def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, over
         trainer.step = int(state["step"])
     trainer.best = {"step": trainer.step, "metric": -1.0, "metrics": {}}  # score these weights, not a stored best
     metrics, _ = trainer.evaluate(pictures=False)
-    metrics = {k: v for k, v in metrics.items() if "/iou/" not in k}
+    metrics = drop_per_class(metrics)
     metrics["step"] = float(trainer.step)
     if downstream:
         metrics.update(trainer.downstream(use_best=False))

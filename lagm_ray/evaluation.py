@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.datasets import resize_labels
 from .metrics import ConfusionMeter
 from .synthetic import SyntheticSource
 
@@ -55,9 +56,8 @@ def annotator_confusion(annotator: nn.Module, source: SyntheticSource, n: int, s
         batch = source.sample(min(batch_size, n - i), generator=rng)
         labels = annotator_labels(annotator, feature_select(batch.features, feature_index)).cpu()
         truth = batch.true_masks.cpu()
-        if labels.shape[-2:] != truth.shape[-2:]:  # annotator fed by coarser blocks only: score at mask size
-            labels = F.interpolate(labels[:, None].float(), size=truth.shape[-2:], mode="nearest")[:, 0].long()
-        meter.update(labels, truth)
+        # an annotator fed by coarser blocks only labels at a lower resolution: score at the mask's
+        meter.update(resize_labels(labels, truth.shape[-2:]), truth)
     return meter.matrix
 
 
@@ -90,12 +90,8 @@ def picture_grid(annotator: nn.Module | None, segmentor: nn.Module, source: Synt
     if annotator is not None and source is not None:
         batch = source.sample(n, seed=seed)
         images = to_size(batch.images, seg_size).cpu()
-        annot = F.interpolate(annotator_labels(annotator, feature_select(batch.features, feature_index))[:, None].float(), size=(seg_size,) * 2,
-                              mode="nearest")[:, 0].long().cpu()
-        truth = None
-        if batch.true_masks is not None:
-            truth = F.interpolate(batch.true_masks[:, None].float(), size=(seg_size,) * 2,
-                                  mode="nearest")[:, 0].long().cpu()
+        annot = resize_labels(annotator_labels(annotator, feature_select(batch.features, feature_index)), seg_size).cpu()
+        truth = None if batch.true_masks is None else resize_labels(batch.true_masks, seg_size).cpu()
         preds = predict(segmentor, images)
         for i in range(n):
             add(images[i], annot[i], preds[i], None if truth is None else truth[i])
@@ -114,7 +110,7 @@ def synthetic_dataset(annotator: nn.Module, source: SyntheticSource, n: int, seg
         batch = source.sample(min(batch_size, n - i), generator=rng)
         lab = annotator_labels(annotator, feature_select(batch.features, feature_index))
         images.append(to_size(batch.images, seg_size).cpu())
-        labels.append(F.interpolate(lab[:, None].float(), size=(seg_size,) * 2, mode="nearest")[:, 0].long().cpu())
+        labels.append(resize_labels(lab, seg_size).cpu())
     return torch.cat(images), torch.cat(labels)
 
 

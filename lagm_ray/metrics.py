@@ -97,3 +97,8 @@ def summarize(cm: torch.Tensor, class_names: Sequence[str], absent: str = "zero"
            f"{prefix}pixel_acc": pixel_accuracy(cm)}
     out.update({f"{prefix}iou/{name}": float(v) for name, v in zip(class_names, ious)})
     return out
+
+
+def drop_per_class(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline metrics only: without the per-class ``.../iou/<class>`` entries of :func:`summarize`."""
+    return {k: v for k, v in metrics.items() if "/iou/" not in k}

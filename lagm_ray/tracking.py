@@ -41,11 +41,16 @@ def code_version() -> dict[str, str]:
     return info
 
 
+def use_experiment(name: str, uri: str | None = None) -> str:
+    """Point MLflow at the store (``uri``, else the default) and experiment ``name``; returns its id."""
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    exp = mlflow.get_experiment_by_name(name)
+    return exp.experiment_id if exp else mlflow.create_experiment(name)
+
+
 def setup(cfg: Config) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id."""
-    mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri))
-    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    return exp.experiment_id if exp else mlflow.create_experiment(cfg.tracking.experiment)
+    return use_experiment(cfg.tracking.experiment, cfg.tracking.uri)
 
 
 def log_params(flat: dict[str, Any]) -> None:

@@ -28,9 +28,9 @@ from torch import nn
 from . import gm
 from .config import Config, ConfigError, resolve_device
 from .data.datasets import LabelledSplits, load_labelled_splits
-from .evaluation import annotator_confusion, picture_grid, segmentor_confusion, to_size
+from .evaluation import annotator_confusion, feature_select, picture_grid, segmentor_confusion, to_size
 from .io import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from .metrics import summarize
+from .metrics import drop_per_class, summarize
 from .models.annotator import FPNAnnotator
 from .models.segmentors import UnknownBlockError, build_segmentor, load_torchvision_weights, select_matched_parameters
 from .synthetic import SyntheticSource
@@ -102,10 +102,7 @@ class Trainer:
             channels = [self.source.feature_channels()[i] for i in self.feature_index]
             self.annotator = FPNAnnotator(channels, self.num_classes, cfg.annotator.width).to(self.device)
 
-        self.segmentor = build_segmentor(cfg.segmentor.kind, self.num_classes, width=cfg.segmentor.width)
-        if cfg.segmentor.init != "scratch":
-            load_torchvision_weights(self.segmentor, cfg.segmentor.init)
-        self.segmentor.to(self.device)
+        self.segmentor = self.new_segmentor()
         try:
             self.matched = select_matched_parameters(self.segmentor, t.matched_blocks)
         except UnknownBlockError as e:
@@ -117,6 +114,14 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "metric": -1.0, "metrics": {}}
         self.history: list[dict[str, float]] = []
+
+    def new_segmentor(self) -> nn.Module:
+        """A segmentor as configured (kind, width, scratch or a weights file), on the device."""
+        s = self.cfg.segmentor
+        segmentor = build_segmentor(s.kind, self.num_classes, width=s.width)
+        if s.init != "scratch":
+            load_torchvision_weights(segmentor, s.init)
+        return segmentor.to(self.device)
 
     # ------------------------------------------------------------------------------ data
 
@@ -138,8 +143,7 @@ class Trainer:
     def synthetic_batch(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Generated images at the segmentor's resolution and the generator features."""
         batch = self.source.sample(self.cfg.train.synthetic_batch_size, generator=self.rng)
-        features = [batch.features[i] for i in self.feature_index]
-        return to_size(batch.images, self.seg_size), features
+        return to_size(batch.images, self.seg_size), feature_select(batch.features, self.feature_index)
 
     # ------------------------------------------------------------------------------ steps
 
@@ -256,14 +260,10 @@ class Trainer:
         images, labels = synthetic_dataset(annotator, self.source, e.downstream_images, self.seg_size,
                                            seed=EVAL_SEED + 1, feature_index=self.feature_index)
         torch.manual_seed(self.cfg.run.seed)
-        fresh = build_segmentor(self.cfg.segmentor.kind, self.num_classes, width=self.cfg.segmentor.width)
-        if self.cfg.segmentor.init != "scratch":
-            load_torchvision_weights(fresh, self.cfg.segmentor.init)
-        fresh.to(self.device)
-        m = train_downstream(fresh, images, labels, (sp.val_images, sp.val_masks), (sp.test_images, sp.test_masks),
+        m = train_downstream(self.new_segmentor(), images, labels, (sp.val_images, sp.val_masks), (sp.test_images, sp.test_masks),
                              self.class_names, e.downstream_epochs, e.downstream_batch_size, e.downstream_lr,
                              seed=self.cfg.run.seed, absent=e.absent_class)
-        return {f"downstream/{k}": v for k, v in m.items() if "/iou/" not in k}
+        return {f"downstream/{k}": v for k, v in drop_per_class(m).items()}
 
     def result(self) -> TrainResult:
         m = self.best["metrics"]

@@ -28,13 +28,19 @@ class LabelledSplits:
         return len(self.class_names)
 
 
+def resize_labels(labels: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Label maps [B, H, W] to ``size`` by nearest neighbour (labels must stay labels)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(labels.shape[-2:]) == size:
+        return labels
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
 def resize_pair(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images by area averaging, masks by nearest neighbour (labels must stay labels)."""
+    """Images by area averaging, masks by nearest neighbour."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images, masks
-    images = F.interpolate(images, size=(size, size), mode="area")
-    masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
-    return images, masks
+    return F.interpolate(images, size=(size, size), mode="area"), resize_labels(masks, size)
 
 
 def load_labelled_splits(data: DataConfig) -> LabelledSplits:

@@ -29,7 +29,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import Config, from_dict
-from ..trainer import Callback, Trainer, TrainResult
+from ..io import load_checkpoint, save_checkpoint
+from ..metrics import drop_per_class
+from ..trainer import Callback, Trainer
 
 LAST = "last.pt"
 
@@ -83,7 +85,7 @@ class RayReport(Callback):
         if trainer.rank == 0:
             state["rng_per_rank"] = per_rank
             with tempfile.TemporaryDirectory() as d:
-                torch.save(state, Path(d) / LAST)
+                save_checkpoint(state, Path(d) / LAST)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -106,7 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / LAST, map_location=device, weights_only=True)
+            state = load_checkpoint(Path(d) / LAST, map_location=device)
         per_rank = state.get("rng_per_rank") or []
         if rank < len(per_rank) and len(per_rank) == ctx.get_world_size():
             state["rng"] = per_rank[rank]
@@ -166,14 +168,9 @@ def latest_checkpoint(storage_path: str, name: str):
 def result_metrics(result) -> dict[str, float]:
     """The final test metrics from a finished run's last checkpoint (best validation step)."""
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / LAST, map_location="cpu", weights_only=True)
+        state = load_checkpoint(Path(d) / LAST)
     best = state["best"]
-    out = {k: v for k, v in best["metrics"].items() if "/iou/" not in k}
+    out = drop_per_class(best["metrics"])
     out["best_step"] = best["step"]
     out["step"] = state["step"]
     return out
-
-
-def train_result(result) -> TrainResult:
-    m = result_metrics(result)
-    return TrainResult(metrics=m, best_step=int(m["best_step"]))
