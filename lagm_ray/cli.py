@@ -188,6 +188,47 @@ def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (sm
         fail(str(e))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(ctx: typer.Context, spec: Path = typer.Argument(..., help="A search_spaces/ YAML file.")):
+    """Run (or restore and finish) a Ray Tune sweep; flags as experiments/ scripts take:
+    --quick, --steps N, --trials N, --concurrency N, --set key=value, --name, --storage-path, --fresh."""
+    import argparse
+
+    from .experiment import add_sweep_flags, run, spec_from_args
+
+    ap = argparse.ArgumentParser(prog="lagm sweep", add_help=False)
+    add_sweep_flags(ap)
+    try:
+        args = ap.parse_args(ctx.args)
+    except SystemExit:
+        fail(f"bad flags {' '.join(ctx.args)}; see lagm sweep --help")
+    try:
+        s = spec_from_args(spec, args)
+    except ConfigError as e:
+        fail(str(e))
+    results, _ = run(s, args)
+    if any(r.error is not None for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(sweep_name: str = typer.Argument(..., metavar="SWEEP", help="A sweep name or its parent run id."),
+           experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: search all)."),
+           out: Path = typer.Option(Path("."), help="Directory for summary.csv, summary.md, summary.png."),
+           log: bool = typer.Option(True, help="Also log the summary to the sweep's parent run.")):
+    """The summary table and plot of a finished or running sweep, from MLflow."""
+    from .report import write_report
+    from .tracking import find_sweep_run
+
+    try:
+        parent = find_sweep_run(sweep_name, experiment, None)
+    except LookupError as e:
+        fail(str(e))
+    paths = write_report(parent, None, out_dir=out, log=log)
+    console.print(paths["markdown"].read_text())
+    console.print("wrote " + ", ".join(str(p) for p in paths.values() if p.exists()))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -308,6 +308,15 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.K >= 1, "train.K", f"must be >= 1 (segmentor updated every K steps), got {t.K}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(len(t.matched_blocks) > 0, "train.matched_blocks", "must name at least one block")
+    from .models.segmentors import blocks_of_kind  # imports torch: only when a config is validated
+
+    try:
+        valid_blocks = blocks_of_kind(cfg.segmentor.kind)
+    except ValueError as e:
+        raise ConfigError(f"{source}: segmentor.kind: {e}") from None
+    bad = [b for b in t.matched_blocks if b not in valid_blocks]
+    need(not bad, "train.matched_blocks", f"unknown block {bad[0]!r} for {cfg.segmentor.kind}; valid blocks: "
+         f"{', '.join(valid_blocks)}" if bad else "")
     need(t.labelled_batch_size >= 0, "train.labelled_batch_size", "must be >= 0 (0 = whole labelled set)")
     need(t.synthetic_batch_size >= 1, "train.synthetic_batch_size", "must be >= 1")
     for name in ("annotator_optim", "segmentor_optim"):

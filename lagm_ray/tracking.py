@@ -91,8 +91,116 @@ class MLflowCallback(Callback):
 
     def on_end(self, result: TrainResult) -> None:
         mlflow.log_metrics({f"result/{k}": v for k, v in result.metrics.items()})
+        if self.trainer is not None and self.trainer.mean_step_seconds is not None:
+            # Kept out of result.metrics, which must repeat exactly for a seed; timings never do.
+            mlflow.log_metric("result/time/step_mean_s", self.trainer.mean_step_seconds)
         if self.trainer is not None:
             with tempfile.TemporaryDirectory() as d:
                 self.trainer.save_best(Path(d) / "best.pt")
                 mlflow.log_artifact(str(Path(d) / "best.pt"), "checkpoints")
         mlflow.end_run()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps: one parent run per sweep, one child run per trial (found again after a restore).
+
+SWEEP_TAG = "lagm.sweep"  # on the parent: the sweep's name
+ROLE_TAG = "lagm.role"  # "sweep" on the parent, "trial" on children
+TRIAL_TAG = "lagm.trial_id"  # on a child: the Ray Tune trial id
+SWEPT_TAG = "lagm.swept_keys"  # on the parent: comma-separated swept config keys
+METRIC_TAG = "lagm.metric"  # on the parent: "<metric> <mode>"
+
+
+def start_sweep_run(name: str, experiment: str, uri: str | None, swept_keys: list[str], metric: str, mode: str,
+                    params: dict[str, Any], spec_text: str) -> str:
+    """Create the sweep's parent run (left RUNNING until :func:`end_sweep_run`); returns its id.
+
+    Created by the driver before any trial starts, so that trials only ever nest under it."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = use_experiment(experiment, uri)
+    client = MlflowClient(tracking_uri(uri))
+    tags = {**code_version(), SWEEP_TAG: name, ROLE_TAG: "sweep", SWEPT_TAG: ",".join(swept_keys),
+            METRIC_TAG: f"{metric} {mode}", "mlflow.runName": f"sweep-{name}"}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"sweep-{name}")
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, str(v)[:500])
+    client.log_text(run.info.run_id, spec_text, "sweep.yaml")
+    return run.info.run_id
+
+
+def end_sweep_run(run_id: str, uri: str | None, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri(uri)).set_terminated(run_id, status)
+
+
+def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None) -> str | None:
+    """The child run a trial already created (before its worker or the driver was killed), if any."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                                            f"and tags.`{TRIAL_TAG}` = '{trial_id}'")
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(parent_run_id: str, uri: str | None) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10_000)
+
+
+def find_sweep_run(sweep: str, experiment: str | None, uri: str | None) -> str:
+    """A sweep's parent run id from its name (the newest run of that name) or its run id."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    if len(sweep) == 32 and all(c in "0123456789abcdef" for c in sweep):
+        try:
+            return client.get_run(sweep).info.run_id
+        except MlflowException:
+            pass
+    experiments = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    ids = [e.experiment_id for e in experiments if e is not None]
+    runs = client.search_runs(ids, filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    if not runs:
+        raise LookupError(f"no sweep named {sweep!r} in {tracking_uri(uri)}"
+                          + (f" (experiment {experiment!r})" if experiment else ""))
+    return runs[0].info.run_id
+
+
+STOPPED_TAG = "lagm.stopped_early"
+
+
+def close_stopped_trials(parent_run_id: str, uri: str | None, last_reports: dict[str, dict[str, float]]) -> int:
+    """Trials a scheduler (ASHA) stopped never reach their own end: their child runs are still RUNNING
+    and hold no result/ metrics. Give them their best-so-far from the last Tune report, tag them
+    stopped early and close them. ``last_reports``: Tune trial id -> last reported metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    closed = 0
+    for run in child_runs(parent_run_id, uri):
+        report = last_reports.get(run.data.tags.get(TRIAL_TAG, ""))
+        if run.info.status != "RUNNING" or report is None:
+            continue
+        result = {f"result/{k.removeprefix('best/')}": v for k, v in report.items()
+                  if k.startswith("best/test/")}
+        if "best/val_fg_miou" in report:
+            result["result/val/fg_miou"] = report["best/val_fg_miou"]
+        if "time/step_mean_s" in report:
+            result["result/time/step_mean_s"] = report["time/step_mean_s"]
+        for k, v in result.items():
+            client.log_metric(run.info.run_id, k, float(v))
+        client.set_tag(run.info.run_id, STOPPED_TAG, f"at step {int(report.get('step', 0))}")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        closed += 1
+    return closed

@@ -114,6 +114,7 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "metric": -1.0, "metrics": {}}
         self.history: list[dict[str, float]] = []
+        self.step_seconds = [0.0, 0]  # sum and count of this process's step times (not checkpointed)
 
     def new_segmentor(self) -> nn.Module:
         """A segmentor as configured (kind, width, scratch or a weights file), on the device."""
@@ -212,7 +213,13 @@ class Trainer:
         else:
             metrics.update(self.segmentor_step_supervised())
         metrics["time/step_s"] = time.perf_counter() - t0
+        self.step_seconds[0] += metrics["time/step_s"]
+        self.step_seconds[1] += 1
         return metrics
+
+    @property
+    def mean_step_seconds(self) -> float | None:
+        return self.step_seconds[0] / self.step_seconds[1] if self.step_seconds[1] else None
 
     # ------------------------------------------------------------------------------ evaluation
 

@@ -69,8 +69,12 @@ def test_head_matching_on_deeplab(tiny_config):
 
 
 def test_bad_config_errors(tiny_config):
-    with pytest.raises(ConfigError, match="train.matched_blocks: unknown block 'Res9'"):
-        Trainer(tiny_config(**{"train.matched_blocks": ["Res9"]}))
+    with pytest.raises(ConfigError, match="train.matched_blocks unknown block 'Res9' for unet; valid blocks: Input"):
+        tiny_config(**{"train.matched_blocks": ["Res9"]})
+    with pytest.raises(ConfigError, match="unknown block 'U1' for deeplabv3_resnet18"):
+        tiny_config(**{"segmentor.kind": "deeplabv3_resnet18", "train.matched_blocks": ["U1"]})
+    with pytest.raises(ConfigError, match="segmentor.kind: unknown segmentor kind 'vgg'"):
+        tiny_config(**{"segmentor.kind": "vgg"})
     with pytest.raises(ConfigError, match="data.num_labelled: 5000 labelled images requested.*holds 1500"):
         Trainer(tiny_config(**{"data.num_labelled": 5000}))
     with pytest.raises(ConfigError, match="train.K"):

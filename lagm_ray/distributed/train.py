@@ -54,14 +54,16 @@ def allreduce_mean(params: Sequence[nn.Parameter]) -> None:
 
 
 class RayReport(Callback):
-    """Reports metrics to Ray Train and saves a resumable checkpoint every ``train.checkpoint_interval``.
+    """Reports metrics to Ray and saves a resumable checkpoint every ``train.checkpoint_interval``.
 
-    ``ray.train.report`` is a barrier: every worker calls it; only rank 0 attaches the checkpoint,
-    which holds every worker's RNG states so that all of them resume exactly."""
+    ``report`` is ``ray.train.report`` inside a Train worker (the default) or ``ray.tune.report``
+    inside a Tune trial. ``ray.train.report`` is a barrier: every worker calls it; only rank 0
+    attaches the checkpoint, which holds every worker's RNG states so that all of them resume exactly."""
 
-    def __init__(self, fail_at_step: int | None = None, fail_marker: str | None = None):
+    def __init__(self, fail_at_step: int | None = None, fail_marker: str | None = None, report=None):
         self.pending: dict[str, float] = {}
         self.fail_at_step, self.fail_marker = fail_at_step, fail_marker
+        self.report = report
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.pending.update(metrics)
@@ -72,23 +74,28 @@ class RayReport(Callback):
     def on_checkpoint(self, step: int, trainer: Trainer) -> None:
         import ray.train
 
+        report = self.report or ray.train.report
         state = trainer.state_dict()
         if dist.is_initialized():
             per_rank: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(per_rank, state["rng"])
         else:
             per_rank = [state["rng"]]
-        metrics = {"step": step, **self.pending}
+        metrics = {"step": step, **drop_per_class(self.pending)}
         if trainer.best["step"]:
             metrics["best/val_fg_miou"] = trainer.best["metric"]
+            metrics.update({f"best/{k}": v for k, v in drop_per_class(trainer.best["metrics"]).items()
+                            if k.startswith("test/")})
+        if trainer.mean_step_seconds is not None:
+            metrics["time/step_mean_s"] = trainer.mean_step_seconds
         self.pending = {}
         if trainer.rank == 0:
             state["rng_per_rank"] = per_rank
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(state, Path(d) / LAST)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
-            ray.train.report(metrics)
+            report(metrics)
         # Fault injection for tests and drills: kill this worker's process once, right after a checkpoint.
         if self.fail_at_step == step and trainer.rank == 0 and self.fail_marker and not os.path.exists(self.fail_marker):
             Path(self.fail_marker).write_text(str(step))
@@ -105,26 +112,35 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device() if cfg.run.device in ("auto", "cuda") else torch.device(cfg.run.device)
     trainer = Trainer(cfg, device=device, rank=rank, grad_sync=allreduce_mean)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_checkpoint(Path(d) / LAST, map_location=device)
-        per_rank = state.get("rng_per_rank") or []
-        if rank < len(per_rank) and len(per_rank) == ctx.get_world_size():
-            state["rng"] = per_rank[rank]
-        trainer.load_state_dict(state)
+    resume(trainer, ray.train.get_checkpoint(), ctx.get_world_size())
     callbacks: list[Callback] = [RayReport(loop_config.get("fail_at_step"), loop_config.get("fail_marker"))]
     if rank == 0 and cfg.tracking.enabled:
         from ..tracking import MLflowCallback
 
-        callbacks.append(MLflowCallback(cfg, run_id=loop_config.get("mlflow_run_id")))
+        callbacks.append(MLflowCallback(cfg, run_id=loop_config.get("mlflow_run_id"),
+                                        run_name=loop_config.get("mlflow_run_name"),
+                                        tags=loop_config.get("mlflow_tags")))
     trainer.fit(callbacks)
+
+
+def resume(trainer: Trainer, checkpoint, world_size: int = 1) -> bool:
+    """Load a Ray checkpoint (from RayReport) into ``trainer``, with this rank's own RNG states."""
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as d:
+        state = load_checkpoint(Path(d) / LAST, map_location=trainer.device)
+    per_rank = state.get("rng_per_rank") or []
+    if trainer.rank < len(per_rank) and len(per_rank) == world_size:
+        state["rng"] = per_rank[trainer.rank]
+    trainer.load_state_dict(state)
+    return True
 
 
 def ray_fit(cfg: Config, num_workers: int = 1, use_gpu: bool | None = None, storage_path: str | None = None,
             name: str | None = None, max_failures: int = 0, cpus_per_worker: float = 1.0,
             resume: bool = True, mlflow_run_id: str | None = None, fail_at_step: int | None = None,
-            fail_marker: str | None = None):
+            fail_marker: str | None = None, mlflow_run_name: str | None = None,
+            mlflow_tags: dict[str, str] | None = None, callbacks: list | None = None):
     """Run ``cfg`` with Ray Train's TorchTrainer; returns the ray.train.Result.
 
     ``storage_path`` may be a local directory or shared storage (NFS path, s3://...). With
@@ -137,7 +153,7 @@ def ray_fit(cfg: Config, num_workers: int = 1, use_gpu: bool | None = None, stor
     storage_path = storage_path or str(Path(cfg.run.output_dir).resolve() / "ray")
     name = name or cfg.run.name
     loop_config = {"config": cfg.to_dict(), "mlflow_run_id": mlflow_run_id, "fail_at_step": fail_at_step,
-                   "fail_marker": fail_marker}
+                   "fail_marker": fail_marker, "mlflow_run_name": mlflow_run_name, "mlflow_tags": mlflow_tags}
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(storage_path, name)
@@ -148,7 +164,8 @@ def ray_fit(cfg: Config, num_workers: int = 1, use_gpu: bool | None = None, stor
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                       callbacks=callbacks),
         resume_from_checkpoint=resume_from,
     )
     return trainer.fit()

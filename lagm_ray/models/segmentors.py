@@ -40,6 +40,7 @@ __all__ = [
     "UNet",
     "build_segmentor",
     "block_names",
+    "blocks_of_kind",
     "select_matched_parameters",
     "load_torchvision_weights",
 ]
@@ -450,6 +451,13 @@ class UNet(nn.Module):
 
 
 # ================================================================================ public API
+
+
+def blocks_of_kind(kind: str) -> list[str]:
+    """The block names gradient matching can select on a segmentor kind, without building it."""
+    if kind not in SEGMENTOR_KINDS:
+        raise ValueError(f"unknown segmentor kind {kind!r}; valid kinds: {', '.join(SEGMENTOR_KINDS)}")
+    return list((UNet if kind == "unet" else DeepLabV3).BLOCKS)
 
 
 def build_segmentor(kind: str, num_classes: int, width: int | None = None, **kwargs) -> nn.Module:

@@ -1,0 +1,230 @@
+"""Ray Tune (+ Optuna) sweeps over a :class:`~lagm_ray.sweep_spec.SweepSpec`, nested in MLflow.
+
+* Each trial is the LAGM trainer: run inside the trial process when ``resources.workers`` is 1, or as
+  a Ray Train ``TorchTrainer`` of N workers launched from the trial otherwise.
+* A trial reports to Tune at every evaluation, with a checkpoint, so ASHA can stop it early and a
+  killed worker or driver resumes it from there (``FailureConfig`` / ``Tuner.restore``).
+* MLflow: the driver creates one parent run per sweep before the Tuner starts and keeps its id in
+  ``<storage>/<name>/lagm_sweep.json``; every trial logs into a child run tagged with its Tune trial
+  id, which a restarted trial finds again instead of making a duplicate. When the sweep ends the
+  parent gets the summary table and plot (lagm_ray/report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, from_dict
+from ..io import atomic_write_text
+from ..sweep_spec import SweepSpec
+
+STATE_FILE = "lagm_sweep.json"
+TRIAL_CPU = 0.5  # a trial that only launches a multi-worker TorchTrainer waits; it needs little CPU
+
+
+def default_storage_path() -> str:
+    """Where sweeps keep Tune state and checkpoints: $LAGM_STORAGE_PATH (NFS, s3://...) or ./ray_results."""
+    return os.environ.get("LAGM_STORAGE_PATH") or str(Path("ray_results").resolve())
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Trials run in their own working directories and perhaps on other nodes: make every relative
+    path in the config (and a relative SQLite tracking store) absolute, as seen from the driver."""
+    from ..tracking import tracking_uri
+
+    def absolute(p: str | None) -> str | None:
+        return p if p is None or "://" in p or p.startswith("embedded:") or p == "scratch" else str(Path(p).resolve())
+
+    uri = tracking_uri(cfg.tracking.uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return cfg.replace({"tracking.uri": uri, "run.output_dir": absolute(cfg.run.output_dir),
+                        "generator.checkpoint": absolute(cfg.generator.checkpoint),
+                        "segmentor.init": absolute(cfg.segmentor.init), "data.root": absolute(cfg.data.root)})
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, d in spec.space.items():
+        lo_hi = d.values
+        out[key] = {
+            "grid": lambda: tune.grid_search(d.values),
+            "choice": lambda: tune.choice(d.values),
+            "uniform": lambda: tune.uniform(*lo_hi),
+            "loguniform": lambda: tune.loguniform(*lo_hi),
+            "int": lambda: tune.randint(lo_hi[0], lo_hi[1] + 1),  # randint's upper bound is exclusive
+        }[d.kind]()
+    return out
+
+
+def make_searcher(spec: SweepSpec):
+    if spec.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=spec.seed)
+
+
+def make_scheduler(spec: SweepSpec):
+    if not spec.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = dict(spec.scheduler["asha"] or {})
+    t = spec.base.train
+    reports = -(-t.steps // t.eval_interval)  # a trial reports once per evaluation
+    return ASHAScheduler(time_attr="training_iteration", max_t=a.get("max_t", reports),
+                         grace_period=a.get("grace_period", 1), reduction_factor=a.get("reduction_factor", 2))
+
+
+# ------------------------------------------------------------------------------------ the trial
+
+
+def trial_name(trial) -> str:
+    """``00003-K=5`` rather than ``run_trial_633bf_00003``: the Tune and MLflow run name of a trial."""
+    parts = [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in sorted(trial.config.items())]
+    return f"{trial.trial_id.rsplit('_', 1)[-1]}-" + ",".join(parts)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v).replace(",", "+")
+
+
+def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """One Tune trial: the base config with this trial's values, trained and reported to Tune."""
+    import ray
+    from ray import tune
+
+    from ..trainer import Trainer
+    from .train import RayReport, resume
+
+    ctx = tune.get_context()
+    trial_id, run_name = ctx.get_trial_id(), ctx.get_trial_name()
+    cfg = from_dict(sweep["base"], source=sweep["source"]).replace(params, source=f"{sweep['source']}: trial {params}")
+    cfg = cfg.replace({"run.name": f"{sweep['name']}-{trial_id}",
+                       # Report and checkpoint at every evaluation: the metric is in every report.
+                       "train.checkpoint_interval": cfg.train.eval_interval,
+                       "tracking.parent_run_id": sweep["parent_run_id"]})
+    if cfg.run.num_threads == 0:  # one torch thread per reserved CPU, not one per core of the node
+        cfg = cfg.replace({"run.num_threads": max(1, int(sweep["cpus_per_worker"]))})
+    run_id = None
+    tags = {"lagm.trial_id": trial_id, "lagm.role": "trial", "lagm.sweep": sweep["name"],
+            "lagm.node": ray.get_runtime_context().get_node_id()}  # which node ran it (multi-node sweeps)
+    if cfg.tracking.enabled and sweep["parent_run_id"]:
+        from ..tracking import find_trial_run
+
+        run_id = find_trial_run(sweep["parent_run_id"], trial_id, cfg.tracking.uri)
+
+    if sweep["workers"] > 1:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from .train import ray_fit
+
+        ray_fit(cfg, num_workers=sweep["workers"], use_gpu=sweep["gpus_per_worker"] > 0,
+                storage_path=sweep["storage_path"], name=f"{sweep['name']}-train-{trial_id}",
+                max_failures=sweep["max_failures"], cpus_per_worker=sweep["cpus_per_worker"],
+                mlflow_run_id=run_id, mlflow_run_name=run_name, mlflow_tags=tags,
+                callbacks=[TuneReportCallback()])
+        return
+
+    trainer = Trainer(cfg)
+    resume(trainer, tune.get_checkpoint())
+    callbacks: list = [RayReport(report=tune.report, **sweep.get("fault", {}))]
+    if cfg.tracking.enabled:
+        from ..tracking import MLflowCallback
+
+        callbacks.append(MLflowCallback(cfg, run_name=run_name, tags=tags, run_id=run_id))
+    trainer.fit(callbacks)
+
+
+# ------------------------------------------------------------------------------------ the sweep
+
+
+def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = True,
+              spec_text: str = "", fault: dict | None = None, verbose: int = 1):
+    """Run (or, when its Tune state exists, restore and finish) a sweep; returns (ResultGrid, parent run id).
+
+    ``fault`` ({"fail_at_step": n, "fail_marker": path}) kills one trial's process once after a
+    checkpoint: for fault-tolerance tests and drills."""
+    import ray
+    from ray import tune
+
+    from ..report import write_report
+    from ..tracking import end_sweep_run, start_sweep_run
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose > 1)
+    storage_path = storage_path or default_storage_path()
+    exp_path = f"{storage_path.rstrip('/')}/{spec.name}"  # Tune's experiment directory (local or s3://)
+    exp_dir = Path(exp_path) if "://" not in storage_path else None
+    base = absolute_paths(spec.base)
+    uri = base.tracking.uri
+
+    state_path = exp_dir / STATE_FILE if exp_dir else None
+    state: dict[str, Any] = {}
+    restoring = resume and tune.Tuner.can_restore(exp_path)
+    if restoring and state_path and state_path.exists():
+        state = json.loads(state_path.read_text())
+    parent_run_id = state.get("parent_run_id")
+    if restoring and parent_run_id is None and base.tracking.enabled:
+        # Remote storage keeps no state file of ours: the newest parent run of this sweep's name.
+        from ..tracking import find_sweep_run
+
+        try:
+            parent_run_id = find_sweep_run(spec.name, base.tracking.experiment, uri)
+        except LookupError:
+            pass
+    if base.tracking.enabled and parent_run_id is None:
+        params = {"searcher": spec.searcher, "metric": spec.metric, "mode": spec.mode,
+                  "num_samples": spec.num_samples, "max_concurrent_trials": spec.max_concurrent_trials,
+                  **{f"space.{k}": f"{d.kind}{d.values}" for k, d in spec.space.items()}}
+        parent_run_id = start_sweep_run(spec.name, base.tracking.experiment, uri, spec.swept_keys, spec.metric,
+                                        spec.mode, params, spec_text or base.to_yaml())
+    if exp_dir:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(state_path, json.dumps({"parent_run_id": parent_run_id, "tracking_uri": uri,
+                                                   "experiment": base.tracking.experiment,
+                                                   "source": spec.source}, indent=2))
+
+    r = spec.resources
+    sweep = {"name": spec.name, "source": spec.source, "base": base.to_dict(), "parent_run_id": parent_run_id,
+             "workers": r.workers, "cpus_per_worker": r.cpus_per_worker, "gpus_per_worker": r.gpus_per_worker,
+             "storage_path": storage_path, "max_failures": spec.max_failures, "fault": fault or {}}
+    if r.workers > 1:
+        resources = {"cpu": TRIAL_CPU}
+    else:
+        resources = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep), resources)
+
+    if restoring:
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=make_searcher(spec),
+                                        scheduler=make_scheduler(spec), num_samples=spec.num_samples,
+                                        max_concurrent_trials=spec.max_concurrent_trials,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error is not None]
+    if parent_run_id:
+        from ..tracking import close_stopped_trials
+
+        close_stopped_trials(parent_run_id, uri, {r.metrics["trial_id"]: r.metrics for r in results
+                                                  if r.error is None and r.metrics and "trial_id" in r.metrics})
+        write_report(parent_run_id, uri, out_dir=exp_dir)
+        end_sweep_run(parent_run_id, uri, "FAILED" if errors else "FINISHED")
+    return results, parent_run_id

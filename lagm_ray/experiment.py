@@ -1,0 +1,123 @@
+"""What experiments/*.py and `lagm sweep` share: flags to shrink a sweep, running it on the Ray
+cluster in $RAY_ADDRESS (or a local one), and printing our table beside the paper's."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, parse_override
+from .sweep_spec import SweepSpec, load_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+SEARCH_SPACES = ROOT / "search_spaces"
+console = Console()
+
+
+def add_sweep_flags(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--quick", action="store_true", help="the sweep file's quick: budget (minutes on 2 CPUs)")
+    ap.add_argument("--steps", type=int, help="override train.steps for every trial")
+    ap.add_argument("--trials", type=int, help="override num_samples (grid: repeats of the grid)")
+    ap.add_argument("--concurrency", type=int, help="override max_concurrent_trials")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every trial (repeatable)")
+    ap.add_argument("--name", help="sweep name (default: the file's, with -quick for --quick)")
+    ap.add_argument("--storage-path", help="Tune state and checkpoints: a directory, NFS path or s3:// "
+                                           "(default $LAGM_STORAGE_PATH or ./ray_results)")
+    ap.add_argument("--fresh", action="store_true", help="start over instead of restoring a sweep of this name")
+
+
+def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
+    overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    path = Path(path)
+    name = args.name
+    if name is None and args.quick:
+        import yaml
+
+        name = f"{(yaml.safe_load(path.read_text()) or {}).get('name', path.stem)}-quick"
+    spec = load_sweep(path, quick=args.quick, overrides=overrides, name=name)
+    if args.trials is not None:
+        spec.num_samples = args.trials
+    if args.concurrency is not None:
+        spec.max_concurrent_trials = args.concurrency
+    return spec
+
+
+def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
+        fault: dict | None = None):
+    """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper."""
+    from .distributed.sweep import run_sweep
+    from .report import sweep_table, to_markdown
+
+    spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
+    results, parent = run_sweep(spec, storage_path=args.storage_path, resume=not args.fresh, spec_text=spec_text,
+                                fault=fault)
+    errors = [r for r in results if r.error is not None]
+    if parent is None:
+        console.print(f"{len(results)} trials finished ({len(errors)} failed); tracking disabled")
+        return results, None
+    from .distributed.sweep import absolute_paths
+
+    uri = absolute_paths(spec.base).tracking.uri
+    df, _ = sweep_table(parent, uri)
+    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(errors)} failed), metric {spec.metric} ({spec.mode})")
+    print(to_markdown(df) if not df.empty else "(no trials)")
+    if compare is not None and not df.empty:
+        table = compare(df)
+        if table is not None:
+            console.print(table)
+    console.print(f"MLflow parent run {parent}: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+    return results, parent
+
+
+def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = None,
+         compare: Callable[[Any], Table | None] | None = None, extra_flags: Callable | None = None,
+         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sweep_flags(ap)
+    if extra_flags is not None:
+        extra_flags(ap)
+    args = ap.parse_args(argv)
+    try:
+        spec = spec_from_args(spec_file, args)
+        if adjust is not None:
+            spec = adjust(spec, args)
+    except ConfigError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    results, _ = run(spec, args, compare)
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+def relative_time(df, key: str, reference: Any) -> dict[Any, float]:
+    """Mean s/step per swept value, divided by the reference value's (the paper's Time/step column)."""
+    if "s/step" not in df or key not in df:
+        return {}
+    means = df.groupby(df[key].astype(str))["s/step"].mean()
+    ref = means.get(str(reference))
+    return {k: v / ref for k, v in means.items()} if ref else {}
+
+
+def comparison_table(title: str, key: str, df, paper: dict[Any, tuple[float | None, str]], reference: Any,
+                     ours_label: Callable[[Any], Any] = lambda v: v) -> Table:
+    """Rows: the paper's settings; columns: the paper's time/step and mIoU, ours beside them."""
+    ratios = relative_time(df, key, reference)
+    table = Table(title=title)
+    for col in ("setting", "paper time/step", "paper mIoU %", "ours time/step", "ours test FG-mIoU %"):
+        table.add_column(col, justify="right")
+    ours = df.groupby(df[key].astype(str))["test FG-mIoU"].agg(["mean", "std", "count"]) if "test FG-mIoU" in df else None
+    for setting, (ratio, miou) in paper.items():
+        k = str(ours_label(setting))
+        mine = ""
+        if ours is not None and k in ours.index:
+            m = ours.loc[k]
+            mine = f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if m["count"] > 1 else "")
+        table.add_row(str(setting), f"{ratio:.2f}x" if ratio is not None else "", miou,
+                      f"{ratios[k]:.2f}x" if k in ratios else "", mine)
+    return table

@@ -1,0 +1,162 @@
+"""A sweep's summary, read back from MLflow: a table (CSV and markdown) and a plot of each swept value
+against the metrics, logged on the sweep's parent run. Works for a finished or a running sweep
+(`lagm report SWEEP`); needs no Ray."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .tracking import METRIC_TAG, STOPPED_TAG, SWEPT_TAG, TRIAL_TAG, child_runs, tracking_uri
+
+# Columns after the swept values, in this order when present. The selection metric (best validation
+# FG-mIoU) first, then the test numbers at that step, the annotator against true masks, cost.
+METRICS = {
+    "result/val/fg_miou": "val FG-mIoU",
+    "result/test/fg_miou": "test FG-mIoU",
+    "result/test/miou": "test mIoU",
+    "result/annotator/miou_vs_truth": "annotator mIoU vs truth",
+    "result/time/step_mean_s": "s/step",
+    "result/best_step": "best step",
+}
+PERCENT = {"val FG-mIoU", "test FG-mIoU", "test mIoU", "annotator mIoU vs truth"}
+
+
+def sweep_table(parent_run_id: str, uri: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per trial (child run): its swept values and result metrics; and the swept keys."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    parent = client.get_run(parent_run_id)
+    swept = [k for k in parent.data.tags.get(SWEPT_TAG, "").split(",") if k]
+    rows = []
+    for run in child_runs(parent_run_id, uri):
+        stopped = run.data.tags.get(STOPPED_TAG)
+        row: dict[str, Any] = {"trial": run.info.run_name,
+                               "status": f"stopped {stopped}" if stopped else run.info.status.lower()}
+        for k in swept:
+            row[k] = _parse(run.data.params.get(k))
+        for key, col in METRICS.items():
+            if key in run.data.metrics:
+                row[col] = run.data.metrics[key]
+        if "result/test/fg_miou" not in run.data.metrics and "best/val_fg_miou" in run.data.metrics:
+            row["val FG-mIoU"] = run.data.metrics["best/val_fg_miou"]  # still running: best so far
+        row["trial_id"] = run.data.tags.get(TRIAL_TAG, "")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values(swept + ["trial"] if swept else ["trial"], kind="stable").reset_index(drop=True)
+    return df, swept
+
+
+def _parse(v: str | None) -> Any:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    except ValueError:
+        return v
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = [c for c in df.columns if c not in ("trial_id",)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, float) and math.isnan(v):
+                cells.append("")
+            elif c in PERCENT:
+                cells.append(f"{100 * v:.1f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(df: pd.DataFrame, swept: list[str], path: Path, title: str = "") -> None:
+    """One panel per swept key: value against validation and test FG-mIoU (mean and every trial)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = swept or ["trial"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        x = df[key] if key in df else pd.Series(range(len(df)))
+        numeric = pd.api.types.is_numeric_dtype(x)
+        labels = sorted(set(map(str, x))) if not numeric else None
+        pos = x if numeric else x.map(lambda v: labels.index(str(v)))
+        for col, marker in (("val FG-mIoU", "o"), ("test FG-mIoU", "s")):
+            if col not in df:
+                continue
+            y = 100 * df[col]
+            ax.scatter(pos, y, marker=marker, alpha=0.6, label=col)
+            means = pd.DataFrame({"x": pos, "y": y}).groupby("x")["y"].mean()
+            ax.plot(means.index, means.values, alpha=0.8)
+        if numeric and len(set(x)) > 2 and min(x) > 0 and max(x) / min(x) >= 20:
+            ax.set_xscale("log")
+        if numeric and len(set(x)) <= 10:
+            ax.set_xticks(sorted(set(x)), [str(v) for v in sorted(set(x))])
+            ax.minorticks_off()
+        if labels is not None:
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel(key)
+        ax.set_ylabel("FG-mIoU (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")  # the atomic temp name has no .png suffix
+    plt.close(fig)
+
+
+def write_report(parent_run_id: str, uri: str | None = None, out_dir: str | Path | None = None,
+                 log: bool = True) -> dict[str, Path]:
+    """summary.csv, summary.md and summary.png for a sweep; logged to its parent run under summary/
+    (re-running overwrites them, so a restored sweep's report replaces the partial one)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    parent = client.get_run(parent_run_id)
+    df, swept = sweep_table(parent_run_id, uri)
+    metric = parent.data.tags.get(METRIC_TAG, "")
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        out_dir = tmp.name
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_path
+
+    paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "summary.png"}
+    with atomic_path(paths["csv"]) as p:
+        df.to_csv(p, index=False)
+    with atomic_path(paths["markdown"]) as p:
+        Path(p).write_text(to_markdown(df) if not df.empty else "(no trials yet)\n")
+    if not df.empty:
+        with atomic_path(paths["plot"]) as p:
+            plot(df, swept, Path(p), title=f"{parent.info.run_name} ({len(df)} trials; searched on {metric})")
+    if log:
+        for p in paths.values():
+            if p.exists():
+                client.log_artifact(parent_run_id, str(p), "summary")
+        if not df.empty and {"val FG-mIoU", "test FG-mIoU"} <= set(df) and df["val FG-mIoU"].notna().any():
+            best = df.loc[df["val FG-mIoU"].idxmax()]  # the trial chosen on validation, as for checkpoints
+            client.log_metric(parent_run_id, "best_trial/val_fg_miou", float(best["val FG-mIoU"]))
+            client.log_metric(parent_run_id, "best_trial/test_fg_miou", float(best["test FG-mIoU"]))
+        client.log_metric(parent_run_id, "trials", float(len(df)))
+    if tmp is not None:  # nothing to hand back but what was logged
+        tmp.cleanup()
+        return {}
+    return paths
