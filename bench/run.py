@@ -1,7 +1,8 @@
 """Benchmarks, measured as ratios taken in one run (never as timing assertions in tests).
 
-    python bench/run.py            # full: DeepLabv3-ResNet101 at full width, U-Net at width 64
-    python bench/run.py --quick    # small networks, a few steps: a smoke test of the bench itself
+    python bench/run.py                # everything; gradient matching on DeepLabv3-ResNet101 / U-Net 64
+    python bench/run.py --quick        # small networks, a few steps: a smoke test of the bench itself
+    python bench/run.py --only ray     # just the Ray ratios (ray_train_over_plain, tune_over_optuna)
 
 Gradient matching by matched blocks (Table 2 and Table C.8): seconds per *whole* Algorithm-1 step
 (generator, annotator, both gradients, annotator update, segmentor update) for each block choice,
@@ -63,11 +64,114 @@ def bench_blocks(kind: str, width: int | None, blocks: dict[str, list[str]], res
     return out
 
 
+# ------------------------------------------------------------------------------------ Ray ratios
+
+# The same small LAGM run for every Ray measurement: the quickstart networks, evaluation only at the end.
+RAY_WORK = {"train.eval_interval": 10_000, "train.checkpoint_interval": 10, "train.log_interval": 10,
+            "data.num_val": 16, "data.num_test": 16, "eval.num_annotator_samples": 8, "tracking.enabled": False}
+QUICKSTART = ROOT / "lagm_ray" / "configs" / "quickstart.yaml"
+
+
+def bench_ray_train(steps: int, tmp: Path) -> dict[str, float]:
+    """steps/s of a 1-worker TorchTrainer against the plain loop, same config, both on one thread and
+    both checkpointing every 10 steps. Ray's steps/s is taken inside the worker (fit wall time, reports
+    and checkpoints included); its start-up (worker actor, process group) is reported beside it."""
+    import ray
+
+    from lagm_ray.distributed.train import ray_fit
+    from lagm_ray.trainer import LocalCheckpoints
+
+    cfg = load_config(QUICKSTART, {**RAY_WORK, "train.steps": steps, "run.num_threads": 1,
+                                   "train.eval_interval": steps})
+    trainer = Trainer(cfg)
+    t0 = time.perf_counter()
+    trainer.fit([LocalCheckpoints(tmp / "plain")], pictures=False)
+    plain = steps / (time.perf_counter() - t0)
+    print(f"  plain loop: {plain:.3f} steps/s", flush=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        result = ray_fit(cfg, num_workers=1, storage_path=str(tmp / "ray"), name="bench", resume=False)
+        total = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    inside = steps / result.metrics["time/fit_elapsed_s"]
+    print(f"  Ray Train, 1 worker: {inside:.3f} steps/s inside the worker; {total:.1f} s in all", flush=True)
+    return {"ray_train_over_plain": inside / plain, "ray_train_steps_per_s": inside, "plain_steps_per_s": plain,
+            "ray_train_total_s": total, "plain_total_s": steps / plain,
+            "ray_train_startup_s": total - result.metrics["time/fit_elapsed_s"]}
+
+
+def _objective_config(params: dict, steps: int, threads: int):
+    return load_config(QUICKSTART, {**RAY_WORK, **params, "train.steps": steps, "train.eval_interval": steps,
+                                    "run.num_threads": threads})
+
+
+def bench_tune_vs_optuna(trials: int, steps: int, tmp: Path) -> dict[str, float]:
+    """Wall time of `trials` LAGM trials: Ray Tune + OptunaSearch with 2 concurrent 1-thread trials
+    (Ray start-up included) against sequential Optuna in this process with 2 threads."""
+    import optuna
+    import ray
+    import yaml
+
+    from lagm_ray.distributed.sweep import run_sweep
+    from lagm_ray.sweep_spec import load_sweep
+
+    space = {"train.annotator_optim.lr": {"loguniform": [1e-4, 1e-2]}}
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("train.annotator_optim.lr", 1e-4, 1e-2, log=True)
+        return Trainer(_objective_config({"train.annotator_optim.lr": lr}, steps, 2)).fit(pictures=False).metrics[
+            "val/fg_miou"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.perf_counter()
+    optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)).optimize(objective, trials)
+    sequential = time.perf_counter() - t0
+    print(f"  sequential Optuna, 2 threads: {sequential:.1f} s for {trials} trials", flush=True)
+
+    base = _objective_config({}, steps, 1)
+    (tmp / "base.yaml").write_text(base.to_yaml())
+    (tmp / "tune.yaml").write_text(yaml.safe_dump({
+        "name": "bench_tune", "base": str(tmp / "base.yaml"), "space": space, "searcher": "optuna",
+        "num_samples": trials, "max_concurrent_trials": 2, "resources": {"workers": 1, "cpus_per_worker": 1}}))
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results, _ = run_sweep(load_sweep(tmp / "tune.yaml"), storage_path=str(tmp / "tune"), resume=False, verbose=0)
+    finally:
+        ray.shutdown()
+    tune_s = time.perf_counter() - t0
+    assert not [r for r in results if r.error], [r.error for r in results if r.error]
+    print(f"  Ray Tune + Optuna, 2 concurrent: {tune_s:.1f} s for {trials} trials", flush=True)
+    return {"tune_over_optuna": tune_s / sequential, "tune_seconds": tune_s, "optuna_sequential_seconds": sequential,
+            "tune_trials": trials, "tune_trial_steps": steps, "optuna_seconds_per_trial": sequential / trials}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small networks and few steps")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--only", choices=["gm", "ray"], help="one group of benchmarks")
+    ap.add_argument("--trial-steps", type=int, default=16, help="steps per Tune/Optuna trial (about 10 s each)")
     args = ap.parse_args()
+    if args.only != "gm":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            print("Ray Train (1 worker) against the plain loop", flush=True)
+            r = bench_ray_train(20 if args.quick else 60, Path(d))
+            print("Ray Tune + Optuna against sequential Optuna", flush=True)
+            r.update(bench_tune_vs_optuna(4 if args.quick else 8, args.trial_steps, Path(d)))
+        r["ray_setting"] = {"quick": args.quick, "device": "cpu", "machine": platform.machine(),
+                            "cpus": __import__("os").cpu_count()}
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results.update(r)
+        atomic_write_text(RESULTS, json.dumps(results, indent=2, sort_keys=True))
+        print(f"\nray_train_over_plain = {r['ray_train_over_plain']:.3f} (target >= 0.95)")
+        print(f"tune_over_optuna = {r['tune_over_optuna']:.3f} (target <= 0.7)")
+        if args.only == "ray":
+            return
     torch.set_num_threads(2)
     steps = args.steps or (3 if args.quick else 8)
     warmup = 1 if args.quick else 2

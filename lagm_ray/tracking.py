@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from . import __version__
 from .config import Config
@@ -42,10 +43,25 @@ def code_version() -> dict[str, str]:
 
 
 def use_experiment(name: str, uri: str | None = None) -> str:
-    """Point MLflow at the store (``uri``, else the default) and experiment ``name``; returns its id."""
-    mlflow.set_tracking_uri(tracking_uri(uri))
+    """Point MLflow at the store (``uri``, else the default) and experiment ``name``; returns its id.
+
+    With a SQLite store a new experiment keeps its artifacts in ``mlartifacts/`` beside the database
+    (MLflow's default, ``./mlruns``, depends on whichever directory the first run happened to start in)."""
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(name)
-    return exp.experiment_id if exp else mlflow.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent process
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def setup(cfg: Config) -> str:

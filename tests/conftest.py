@@ -3,8 +3,11 @@ tests run in seconds without the shipped toy generator."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from lagm_ray.config import load_config
 from lagm_ray.data.toyworld import get_category
@@ -58,3 +61,32 @@ def ray_local():
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+def tiny_sweep(tmp_path, generator_path, name="tiny", space=None, steps=6, **spec) -> Path:
+    """A sweep file over a tiny base config (32 px untrained generator, 4-channel U-Net), tracked in
+    tmp_path/mlflow.db."""
+    base = load_config(None, tiny_overrides(generator_path, tmp_path, **{"tracking.enabled": True,
+                                                                         "tracking.experiment": "sweeps",
+                                                                         "train.steps": steps}))
+    (tmp_path / "base.yaml").write_text(base.to_yaml())
+    doc = {"name": name, "base": "base.yaml", "space": space or {"train.K": {"grid": [1, 2]}},
+           "searcher": "grid", "max_concurrent_trials": 2, "resources": {"workers": 1, "cpus_per_worker": 1},
+           "max_failures": 1, **spec}
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(ray_local, tiny_generator_path, tmp_path_factory):
+    """A finished 2-trial grid sweep (K in 1, 2) tracked in its own SQLite store, run once per session:
+    (directory, tracking URI, parent run id, Tune results)."""
+    from lagm_ray.distributed.sweep import run_sweep
+    from lagm_ray.sweep_spec import load_sweep
+
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    spec = load_sweep(tiny_sweep(tmp_path, tiny_generator_path))
+    results, parent = run_sweep(spec, storage_path=str(tmp_path / "ray"), verbose=0)
+    return tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", parent, results

@@ -11,31 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_overrides
-from lagm_ray.config import load_config
+from conftest import tiny_sweep
 from lagm_ray.distributed.sweep import run_sweep
 from lagm_ray.sweep_spec import load_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_sweep(tmp_path, generator_path, name="tiny", space=None, steps=6, **spec) -> Path:
-    """A sweep file over a tiny base config (32 px untrained generator, 4-channel U-Net), tracked in
-    tmp_path/mlflow.db."""
-    base = load_config(None, tiny_overrides(generator_path, tmp_path, **{"tracking.enabled": True,
-                                                                         "tracking.experiment": "sweeps",
-                                                                         "train.steps": steps}))
-    (tmp_path / "base.yaml").write_text(base.to_yaml())
-    doc = {"name": name, "base": "base.yaml", "space": space or {"train.K": {"grid": [1, 2]}},
-           "searcher": "grid", "max_concurrent_trials": 2, "resources": {"workers": 1, "cpus_per_worker": 1},
-           "max_failures": 1, **spec}
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(doc))
-    return p
 
 
 def children(uri: str, parent: str):
@@ -44,11 +27,9 @@ def children(uri: str, parent: str):
     return c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
 
 
-def test_grid_sweep_nests_trials_and_writes_a_summary(ray_local, tiny_generator_path, tmp_path):
-    spec = load_sweep(tiny_sweep(tmp_path, tiny_generator_path))
-    results, parent = run_sweep(spec, storage_path=str(tmp_path / "ray"), verbose=0)
+def test_grid_sweep_nests_trials_and_writes_a_summary(finished_sweep):
+    tmp_path, uri, parent, results = finished_sweep
     assert len(results) == 2 and not [r for r in results if r.error]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     p = client.get_run(parent)
     assert p.data.tags["lagm.sweep"] == "tiny" and p.info.status == "FINISHED"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +65,10 @@ class RayReport(Callback):
         self.pending: dict[str, float] = {}
         self.fail_at_step, self.fail_marker = fail_at_step, fail_marker
         self.report = report
+        self.started = time.perf_counter()
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.started = time.perf_counter()
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.pending.update(metrics)
@@ -88,6 +93,7 @@ class RayReport(Callback):
                             if k.startswith("test/")})
         if trainer.mean_step_seconds is not None:
             metrics["time/step_mean_s"] = trainer.mean_step_seconds
+        metrics["time/fit_elapsed_s"] = time.perf_counter() - self.started  # wall time, reporting included
         self.pending = {}
         if trainer.rank == 0:
             state["rng_per_rank"] = per_rank

@@ -1,0 +1,245 @@
+"""Browser test of the MLflow UI over a finished sweep: a real `mlflow server` on the sweep's SQLite store,
+driven by headless Chromium through selenium. It checks what a user sees: the sweep's parent run in the
+experiment's runs table, its child runs nested under it (and each child's "Parent run" link), and a
+logged PNG picture of a child run rendered on its artifacts page."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+TIMEOUT = 60  # seconds for any one thing to appear in the browser
+SERVER_TIMEOUT = 90  # seconds for the server to answer /health
+
+
+@pytest.fixture(scope="session")
+def browser_available():
+    """Chromium, chromedriver and selenium present; else skip (locally) or fail (in CI, which installs
+    them). Session-scoped so that it runs before, and can skip, the expensive sweep fixture."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("python package selenium (the project's test extra)")
+    if missing:
+        msg = f"browser test needs {', '.join(missing)} (Debian: apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "<no log>"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the server's whole process group (the CLI spawns uvicorn workers)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; make sure no worker of its group outlives it
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(browser_available, finished_sweep):
+    """A real `mlflow server` on the finished sweep's store: (base URL, server log path)."""
+    tmp, uri, _, _ = finished_sweep
+    port = _free_port()
+    log = tmp / "mlflow_server.log"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no extra job-runner process
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + SERVER_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                with urllib.request.urlopen(base + "health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer {base}health within {SERVER_TIMEOUT} s:\n{_tail(log)}")
+            time.sleep(0.5)
+        yield base, log
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def driver(browser_available):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.binary_location = CHROMIUM
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+class UI:
+    """Waits on the browser; on a timeout, saves a screenshot and fails with what the page showed."""
+
+    def __init__(self, driver, base: str, shots: Path, server_log: Path):
+        self.d, self.base, self.shots, self.server_log = driver, base, shots, server_log
+        self.n = 0
+
+    def go(self, route: str) -> None:
+        self.d.get(self.base + route)
+
+    def text(self) -> str:
+        from selenium.webdriver.common.by import By
+        try:
+            return self.d.find_element(By.TAG_NAME, "body").text
+        except Exception:  # noqa: BLE001 - page in flux
+            return ""
+
+    def until(self, cond, what: str):
+        """Wait up to TIMEOUT for cond(driver) to be truthy; return its value."""
+        from selenium.common.exceptions import (ElementClickInterceptedException,
+                                                StaleElementReferenceException, TimeoutException)
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # the React/ag-grid UI re-renders freely: a stale or covered element just means "try again"
+        wait = WebDriverWait(self.d, TIMEOUT, poll_frequency=0.25,
+                             ignored_exceptions=(StaleElementReferenceException, ElementClickInterceptedException))
+        try:
+            return wait.until(cond)
+        except TimeoutException:
+            self.fail(f"timed out after {TIMEOUT} s waiting for {what}")
+
+    def fail(self, msg: str):
+        self.n += 1
+        shot = self.shots / f"mlflow_ui_failure_{self.n}.png"
+        try:
+            self.d.save_screenshot(str(shot))
+        except Exception as e:  # noqa: BLE001
+            shot = f"<screenshot failed: {e}>"
+        source = self.d.page_source
+        body = source[source.find("<body"):] if "<body" in source else source
+        body = re.sub(r"<(svg|style|script|aside)\b.*?</\1>", "", body, flags=re.S)
+        body = re.sub(r"data:[^\"')]{80,}", "data:...", body)
+        pytest.fail(f"{msg}\nurl: {self.d.current_url}\nscreenshot: {shot}\n"
+                    f"--- visible text ---\n{self.text()[:2000]}\n"
+                    f"--- page source (body, trimmed) ---\n{body[:4000]}\n"
+                    f"--- server log tail ---\n{_tail(self.server_log, 1500)}")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_mlflow_ui_shows_sweep_children_and_pictures(finished_sweep, mlflow_ui, driver, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    _, uri, parent_id, _ = finished_sweep
+    base, server_log = mlflow_ui
+    client = MlflowClient(uri)
+    eid = client.get_experiment_by_name("sweeps").experiment_id
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == "sweep-tiny"
+    children = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == 2, [c.info.run_name for c in children]
+    child_names = {c.info.run_id: c.info.run_name for c in children}
+    child = sorted(children, key=lambda c: c.info.run_name)[0]
+    pictures = [a.path for a in client.list_artifacts(child.info.run_id, "pictures") if a.path.endswith(".png")]
+    picture = next((p for p in pictures if "samples_step" in Path(p).name), None)
+    assert picture, f"child {child.info.run_name} logged no samples picture: {pictures}"
+    width, height = _png_size(Path(client.download_artifacts(child.info.run_id, picture, str(tmp_path))))
+
+    ui = UI(driver, base, tmp_path, server_log)
+
+    def rows(d, run_id):
+        return [r for r in d.find_elements(By.CSS_SELECTOR, f"[role=row][row-id='{run_id}']") if r.text.strip()]
+
+    # (1) the experiment's runs table shows the sweep's parent run
+    ui.go(f"#/experiments/{eid}/runs")
+    ui.until(lambda d: any("sweep-tiny" in r.text for r in rows(d, parent_id)),
+             f"the parent run 'sweep-tiny' ({parent_id}) in the runs table of experiment {eid}")
+
+    # (2a) its children are nested under it: collapsed until the parent row's expand toggle is clicked
+    def expand(d):
+        toggles = [b for r in d.find_elements(By.CSS_SELECTOR, f"[role=row][row-id='{parent_id}']")
+                   for b in r.find_elements(By.CSS_SELECTOR, "[col-id*='Run Name'] button")]
+        if toggles:
+            toggles[0].click()
+        return bool(toggles)
+
+    if not all(rows(driver, cid) for cid in child_names):
+        ui.until(expand, "the expand toggle in the parent run's row")
+    for cid, name in child_names.items():
+        ui.until(lambda d, cid=cid, name=name: any(name in r.text for r in rows(d, cid)),
+                 f"child run {name!r} ({cid}) in the runs table after expanding 'sweep-tiny'")
+
+    # (2b) a child's run page names it and links back to the parent run
+    ui.go(f"#/experiments/{eid}/runs/{child.info.run_id}")
+    ui.until(lambda d: child.info.run_name in ui.text() and "Parent run" in ui.text(),
+             f"the run page of {child.info.run_name!r} with a 'Parent run' entry")
+    link = ui.until(
+        lambda d: d.find_elements(By.XPATH, "//*[normalize-space(text())='Parent run']"
+                                            f"/following::a[contains(@href, '/runs/{parent_id}')][1]"),
+        f"a 'Parent run' link to {parent_id} on the child's run page")[0]
+    if link.text.strip() != "sweep-tiny":
+        ui.fail(f"the child's 'Parent run' link reads {link.text!r}, expected 'sweep-tiny'")
+
+    # (3) the child's artifacts page renders the logged PNG picture
+    ui.go(f"#/experiments/{eid}/runs/{child.info.run_id}/artifacts/{picture}")
+    ui.until(lambda d: picture in ui.text(), f"the artifact preview header {picture!r}")
+    shown = ui.until(lambda d: d.execute_script(
+        "return Array.from(document.images).filter(i => i.alt === arguments[0] && i.complete"
+        " && i.naturalWidth > 0).map(i => [i.naturalWidth, i.naturalHeight, i.src])", picture),
+        f"a loaded <img alt={picture!r}> in the artifact preview")
+    if [shown[0][0], shown[0][1]] != [width, height]:
+        ui.fail(f"the displayed picture is {shown[0][0]}x{shown[0][1]} px, the logged PNG is {width}x{height}")
+    fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    if not any("get-artifact" in u and child.info.run_id in u and Path(picture).name in u for u in fetched):
+        ui.fail(f"the browser never fetched {picture} via get-artifact: {[u for u in fetched if 'artifact' in u]}")
