@@ -229,6 +229,110 @@ def report(sweep_name: str = typer.Argument(..., metavar="SWEEP", help="A sweep 
     console.print("wrote " + ", ".join(str(p) for p in paths.values() if p.exists()))
 
 
+def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, concurrency: Optional[int] = None,
+                     cpus_per_actor: float = 1.0, use_gpu: Optional[bool] = None, track: bool = True,
+                     experiment: str = "lagm-datasets") -> dict:
+    """`lagm generate` and experiments/generate_dataset.py: generate (on Ray, or ``local``ly) with a progress
+    bar (images and shards done, images/s), then log the run to MLflow with a sample grid."""
+    import time
+
+    from .datagen import generate_local, sample_grid
+    from .progress import make_progress
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {message}")
+
+    t0 = time.perf_counter()
+    with make_progress() as progress:
+        task = progress.add_task(f"generate {out.name}", total=spec.num_images, info="")
+
+        def on_shard(plan, entry) -> None:
+            new = sum(len(plan.spec.shard_seeds(i)) for i in plan.written)
+            shards = len(plan.done) + len(plan.written)
+            filtered = sum(e["filtered"] for e in plan.written.values())
+            progress.update(task, completed=plan.images_done,
+                            info=f"shards {shards}/{plan.spec.num_shards}  {new / (time.perf_counter() - t0):.1f} img/s"
+                                 + (f"  filtered {filtered}" if filtered else ""))
+
+        if local:
+            manifest = generate_local(annotator, out, spec, on_shard=on_shard, warn=warn)
+        else:
+            from .distributed.datagen import generate_dataset
+
+            manifest = generate_dataset(annotator, out, spec, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
+                                        use_gpu=use_gpu, on_shard=on_shard, warn=warn)
+        progress.update(task, completed=spec.num_images)
+    last = manifest["last_run"]
+    rate = f", {last['images_per_s']:.1f} images/s" if last.get("images_per_s") else ""
+    console.print(f"{out}: {manifest['rows']} rows in {manifest['num_shards']} shards "
+                  f"({manifest['filter']['filtered']} filtered; {last['shards_written']} shards written now, "
+                  f"{last['shards_reused']} kept{rate})")
+    if track:
+        from .tracking import log_dataset_run
+
+        run_id = log_dataset_run(manifest, out, sample_grid(out), experiment=experiment)
+        console.print(f"MLflow run {run_id} (experiment {experiment})")
+    return manifest
+
+
+@app.command()
+def generate(annotator: Path = typer.Option(..., "--annotator",
+                                            help="A LAGM run directory (its best.pt) or a checkpoint."),
+             num_images: int = typer.Option(..., "--num-images", help="Images to generate (before any filtering)."),
+             out: Path = typer.Option(..., "--out", help="Directory of parquet shards (shared storage on a cluster)."),
+             shard_size: int = typer.Option(500, help="Images per shard."),
+             batch_size: int = typer.Option(16, help="Generator batch; part of the dataset's identity (rounding)."),
+             concurrency: Optional[int] = typer.Option(None, help="Actors (default: one per GPU, else per CPU)."),
+             cpus_per_actor: float = typer.Option(1.0, help="CPUs (and torch threads) per actor."),
+             gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="A GPU per actor (default: if any)."),
+             seed: int = typer.Option(0, help="Image i of the dataset has seed SEED + i."),
+             truncation: Optional[float] = typer.Option(None, help="Truncation psi (default: the annotator run's)."),
+             min_confidence: Optional[float] = typer.Option(None, help="Drop images whose confidence is below."),
+             max_entropy: Optional[float] = typer.Option(None, help="Drop images whose mean entropy is above."),
+             local: bool = typer.Option(False, "--local", help="Generate in this process, without Ray."),
+             track: bool = typer.Option(True, help="Log the run to MLflow."),
+             experiment: str = typer.Option("lagm-datasets", help="MLflow experiment.")):
+    """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
+    Re-running the same command after an interruption writes only the missing shards."""
+    from .datagen import DatasetError, GenerationSpec
+
+    try:
+        spec = GenerationSpec(num_images=num_images, shard_size=shard_size, seed=seed, batch_size=batch_size,
+                              truncation_psi=truncation, min_confidence=min_confidence, max_entropy=max_entropy)
+        generate_and_log(annotator, out, spec, local=local, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
+                         use_gpu=gpu, track=track, experiment=experiment)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+
+@app.command()
+def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output directory."),
+               config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                     help="Config (default: the annotator run's, from the manifest)."),
+               set_: Optional[list[str]] = SetOpt,
+               ray: bool = typer.Option(False, "--ray", help="Read the shards through Ray Data.")):
+    """Table 1's downstream protocol on a shard directory: a fresh segmentor trained on the shards alone,
+    scored on the config's real test split at its best validation epoch."""
+    from .config import parse_override
+    from .datagen import DatasetError, downstream_config, open_dataset
+
+    try:
+        if config is not None:
+            cfg = load_config(config, set_ or [])
+        else:
+            cfg = downstream_config(open_dataset(shards, checksums=False))
+            if set_:
+                cfg = cfg.replace(dict(parse_override(o) for o in set_), source="--set")
+        if ray:
+            from .distributed.datagen import downstream_from_shards
+        else:
+            from .datagen import downstream_from_shards
+        metrics = downstream_from_shards(shards, cfg)
+    except (ConfigError, DatasetError, FileNotFoundError) as e:
+        fail(str(e))
+    print_metrics(f"downstream segmentor trained on {shards}", metrics)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

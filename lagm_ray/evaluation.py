@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError
 from .data.datasets import resize_labels
 from .metrics import ConfusionMeter
 from .synthetic import SyntheticSource
@@ -44,6 +45,19 @@ def annotator_labels(annotator: nn.Module, features: Sequence[torch.Tensor]) -> 
 def feature_select(features: Sequence[torch.Tensor], index: Sequence[int] | None) -> list[torch.Tensor]:
     """The generator blocks that feed the annotator (``annotator.feature_resolutions``)."""
     return list(features) if index is None else [features[i] for i in index]
+
+
+def feature_index(available: Sequence[int], resolutions: Sequence[int]) -> list[int]:
+    """Indices of the generator blocks (``available`` block resolutions) that ``annotator.feature_resolutions``
+    names; every block when it is empty. Shared by the trainer and `lagm generate`, which rebuild the same
+    annotator from a checkpoint."""
+    available = list(available)
+    if not resolutions:
+        return list(range(len(available)))
+    bad = [r for r in resolutions if r not in available]
+    if bad:
+        raise ConfigError(f"annotator.feature_resolutions: {bad} not among the generator's blocks {available}")
+    return [available.index(r) for r in sorted(resolutions)]
 
 
 def annotator_confusion(annotator: nn.Module, source: SyntheticSource, n: int, seed: int, num_classes: int,

@@ -1,11 +1,14 @@
-"""Atomic file writes, safe checkpoint loading, and RNG state capture/restore."""
+"""Atomic file writes, checksums, safe checkpoint loading, RNG state capture/restore, and the code version
+(here rather than in the MLflow layer because dataset manifests record it too)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,6 +38,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def code_version() -> dict[str, str]:
+    """Package version and, when run from a git checkout, the commit (with a dirty marker)."""
+    from . import __version__
+
+    info = {"lagm_ray.version": __version__}
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit:
+            info["git.commit"] = commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
 
 
 class CheckpointError(ValueError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -103,6 +103,12 @@ class SyntheticSource:
 
     def latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.G.z_dim, generator=generator).to(self.device)
+
+    def seeded_latents(self, seeds: Sequence[int]) -> torch.Tensor:
+        """One latent per seed, each drawn from its own ``torch.Generator().manual_seed(seed)``: image i
+        depends on ``seeds[i]`` alone, not on which batch, shard, worker or order it is generated in."""
+        return torch.stack([torch.randn(self.G.z_dim, generator=torch.Generator().manual_seed(int(s)))
+                            for s in seeds]).to(self.device)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,

@@ -7,7 +7,6 @@ under one parent run by passing ``tracking.parent_run_id``.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from . import __version__
 from .config import Config
+from .io import code_version  # noqa: F401  (re-exported: cli and quickstart import it from here)
 from .trainer import Callback, Trainer, TrainResult
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -24,22 +23,6 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 def tracking_uri(cfg_uri: str | None = None) -> str:
     return cfg_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def code_version() -> dict[str, str]:
-    """Package version and, when run from a git checkout, the commit (with a dirty marker)."""
-    info = {"lagm_ray.version": __version__}
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        if commit:
-            info["git.commit"] = commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
 
 
 def use_experiment(name: str, uri: str | None = None) -> str:
@@ -73,6 +56,35 @@ def log_params(flat: dict[str, Any]) -> None:
     # MLflow params are strings of bounded length; lists become "a,b".
     params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat.items()}
     mlflow.log_params(params)
+
+
+def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experiment: str = "lagm-datasets",
+                    uri: str | None = None, run_name: str | None = None) -> str:
+    """One MLflow run per `lagm generate`: its settings as params, row counts, filtering and throughput as
+    metrics, the manifest and a picture of sample rows as artifacts. Returns the run id."""
+    from .datagen import MANIFEST
+
+    out = Path(out)
+    experiment_id = use_experiment(experiment, uri)
+    last = manifest.get("last_run", {})
+    tags = {**code_version(), "lagm.role": "dataset", "lagm.dataset_dir": str(out.resolve())}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"generate-{out.name}", tags=tags) as run:
+        params = {f"generate.{k}": v for k, v in manifest["config"].items()}
+        params.update({"annotator.sha256": manifest["annotator"]["sha256"],
+                       "generator.sha256": manifest["generator"]["sha256"], "num_classes": manifest["num_classes"],
+                       **{f"run.{k}": last[k] for k in ("executor", "concurrency", "cpus_per_actor", "use_gpu")
+                          if k in last}})
+        log_params(params)
+        metrics = {"rows": manifest["rows"], "rows_filtered": manifest["filter"]["filtered"],
+                   "kept_fraction": manifest["filter"]["kept_fraction"], "num_shards": manifest["num_shards"],
+                   **{f"stats/{k}": v for k, v in manifest["stats"].items()},
+                   **{f"run/{k}": last.get(k) for k in ("images_per_s", "seconds", "shards_written", "shards_reused",
+                                                        "worker_peak_rss_mb", "driver_peak_rss_mb")}}
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        mlflow.log_artifact(str(out / MANIFEST))
+        if grid is not None:
+            mlflow.log_image(grid, artifact_file="samples.png")
+    return run.info.run_id
 
 
 class MLflowCallback(Callback):

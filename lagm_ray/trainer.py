@@ -28,7 +28,8 @@ from torch import nn
 from . import gm
 from .config import Config, ConfigError, resolve_device
 from .data.datasets import LabelledSplits, load_labelled_splits
-from .evaluation import annotator_confusion, feature_select, picture_grid, segmentor_confusion, to_size
+from .evaluation import (annotator_confusion, feature_index, feature_select, picture_grid, segmentor_confusion,
+                         to_size)
 from .io import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .metrics import drop_per_class, summarize
 from .models.annotator import FPNAnnotator
@@ -127,13 +128,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ data
 
     def _feature_index(self, resolutions: Sequence[int]) -> list[int]:
-        available = list(self.source.G.block_resolutions)
-        if not resolutions:
-            return list(range(len(available)))
-        bad = [r for r in resolutions if r not in available]
-        if bad:
-            raise ConfigError(f"annotator.feature_resolutions: {bad} not among the generator's blocks {available}")
-        return [available.index(r) for r in sorted(resolutions)]
+        return feature_index(self.source.G.block_resolutions, resolutions)
 
     def labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.splits.train_images)

@@ -141,7 +141,7 @@ def test_ray_job_submit_runs_the_k_ablation_on_a_local_head(tmp_path):
         runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "LAGM_STORAGE_PATH": str(tmp_path / "ray")}}
         cmd = [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                "--runtime-env-json", json.dumps(runtime_env), "--",
-               sys.executable, "experiments/ablation_k.py", "--quick", "--steps", "4",
+               sys.executable, "experiments/ablation_k.py", "--quick", "--steps", "2",
                "--set", "train.eval_interval=2", "--set", "data.num_val=8", "--set", "data.num_test=8",
                "--set", "eval.num_annotator_samples=4"]
         t0 = time.time()

@@ -1,0 +1,324 @@
+"""`lagm generate`: labelled synthetic datasets as parquet shards (schema, round trip, determinism, resume
+after a kill, clear errors naming the file, filtering, and the downstream protocol from shards)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from lagm_ray import datagen as dg
+from lagm_ray.config import load_config
+from lagm_ray.io import save_checkpoint, sha256_file
+from lagm_ray.trainer import BEST_FORMAT, Trainer
+from lagm_ray.viz import to_uint8_image
+
+SPEC = dg.GenerationSpec(num_images=10, shard_size=4, batch_size=3)  # shards of 4, 4 and 2 images
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_generator_path, tmp_path_factory):
+    """A LAGM run trained for a few steps on the tiny 32 px generator: (its best.pt, its config)."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, tiny_overrides(tiny_generator_path, tmp, **{
+        "eval.downstream_epochs": 2, "eval.downstream_batch_size": 4}))
+    trainer = Trainer(cfg)
+    trainer.fit(pictures=False)
+    trainer.save_best(tmp / "best.pt")
+    return tmp / "best.pt", cfg
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_run, tmp_path_factory) -> Path:
+    """SPEC generated in this process; read-only for the tests (they copy it before breaking it)."""
+    out = tmp_path_factory.mktemp("data") / "ds"
+    dg.generate_local(tiny_run[0], out, SPEC)
+    return out
+
+
+def manifest(directory: Path) -> dict:
+    return json.loads((directory / dg.MANIFEST).read_text())
+
+
+def shas(directory: Path) -> list[str]:
+    return [s["sha256"] for s in manifest(directory)["shards"]]
+
+
+def copy(dataset: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(dataset, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+
+def test_schema_and_round_trip(dataset, tiny_run):
+    m = manifest(dataset)
+    assert m["status"] == "complete" and m["rows"] == 10 and m["num_shards"] == 3
+    assert [s["rows"] for s in m["shards"]] == [4, 4, 2] and [s["seeds"] for s in m["shards"]][2] == [8, 10]
+    assert [f["name"] for f in m["schema"]] == ["seed", "truncation", "image", "label", "confidence", "entropy",
+                                                "true_mask"]
+    assert m["class_names"][0] == "background" and m["num_classes"] == 8
+    assert m["annotator"]["sha256"] == sha256_file(tiny_run[0]) and m["generator"]["sha256"]
+    assert "lagm_ray.version" in m["code_version"] and m["config"]["batch_size"] == 3
+    assert all(s["sha256"] == sha256_file(dataset / s["file"]) for s in m["shards"])
+
+    # The shards open as they are: pandas and pyarrow on the directory (the manifest is skipped).
+    df = pd.read_parquet(dataset)
+    assert df["seed"].tolist() == list(range(10)) and df["truncation"].eq(1.0).all()
+    assert str(df["confidence"].dtype) == "float32" and df["image"].map(type).eq(bytes).all()
+    table = pq.read_table(dataset)
+    meta = json.loads(pq.read_schema(dataset / "shard-00000.parquet").metadata[dg.META_KEY])
+    assert table.num_rows == 10 and meta["identity"] == m["identity"]
+    assert meta["annotator"]["sha256"] == m["annotator"]["sha256"]
+    assert meta["identity"]["class_names"] == m["class_names"]
+
+    # Every stored row is the in-memory sample of its seed (images up to their 8-bit PNG encoding).
+    s = dg.generate_samples(dg.load_annotator(tiny_run[0]), SPEC)
+    assert s.seeds.tolist() == df["seed"].tolist()
+    for i, row in df.iterrows():
+        assert np.array_equal(dg.decode_png(row["image"]), to_uint8_image(s.images[i]))
+        assert np.array_equal(dg.decode_png(row["label"]), s.labels[i].numpy())
+        assert np.array_equal(dg.decode_png(row["true_mask"]), s.true_masks[i].numpy())
+        assert row["confidence"] == s.confidence[i].item() and row["entropy"] == s.entropy[i].item()
+    from PIL import Image
+    import io
+
+    label = Image.open(io.BytesIO(df["label"][0]))
+    assert label.mode == "P" and label.size == (32, 32) and label.getpalette()[:3] == [0, 0, 0]
+    assert 0 < df["confidence"].min() and df["confidence"].max() <= 1 and df["entropy"].min() >= 0
+
+
+def test_hugging_face_datasets_opens_the_shards(dataset):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_parquet([str(p) for p in sorted(dataset.glob("shard-*.parquet"))])
+    assert len(ds) == 10 and ds[3]["seed"] == 3
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tmp_path):
+    dg.generate_local(tiny_run[0], tmp_path / "again", SPEC)
+    assert shas(tmp_path / "again") == shas(dataset)  # byte for byte
+
+    # The generator batch changes float rounding (CPU GEMMs), so it is part of the dataset's identity:
+    # the same seeds and near-identical labels, but a different dataset.
+    other = dg.GenerationSpec(num_images=10, shard_size=4, batch_size=4)
+    dg.generate_local(tiny_run[0], tmp_path / "b4", other)
+    a, b = pd.read_parquet(dataset), pd.read_parquet(tmp_path / "b4")
+    assert a["seed"].tolist() == b["seed"].tolist()
+    agree = np.mean([np.mean(dg.decode_png(x) == dg.decode_png(y)) for x, y in zip(a["label"], b["label"])])
+    assert agree > 0.99
+    with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json.*batch_size: 3 there, 4 now"):
+        dg.generate_local(tiny_run[0], dataset, other)
+
+
+@pytest.mark.ray
+def test_cli_on_ray_writes_the_same_shards_and_logs_to_mlflow(ray_local, dataset, tiny_run, tmp_path, monkeypatch):
+    """Two actors on a real Ray cluster write byte-identical shards to the in-process run's."""
+    from typer.testing import CliRunner
+
+    from lagm_ray.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "ray"
+    r = CliRunner().invoke(app, ["generate", "--annotator", str(tiny_run[0].parent), "--num-images", "10",
+                                 "--shard-size", "4", "--batch-size", "3", "--out", str(out), "--concurrency", "2"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "10 rows in 3 shards" in " ".join(r.output.split())  # rich wraps at the terminal width
+    m = manifest(out)
+    assert shas(out) == shas(dataset)
+    assert m["last_run"]["executor"] == "ray" and m["last_run"]["concurrency"] == 2
+    assert m["last_run"]["worker_peak_rss_mb"] > 0
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    runs = mlflow.search_runs(experiment_names=["lagm-datasets"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["generate.num_images"] == "10" and run.data.params["run.executor"] == "ray"
+    assert run.data.metrics["rows"] == 10 and run.data.metrics["run/images_per_s"] > 0
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {dg.MANIFEST, "samples.png"}
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def test_rerun_writes_only_the_missing_shard(dataset, tiny_run, tmp_path):
+    out = copy(dataset, tmp_path)
+    (out / "shard-00001.parquet").unlink()
+    stray = out / ".shard-00001.parquet.tmp-999-dead"  # what a killed writer leaves
+    stray.write_bytes(b"half a shard")
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("shard-*.parquet")}
+    m = dg.generate_local(tiny_run[0], out, SPEC)
+    assert m["last_run"]["shards_written"] == 1 and m["last_run"]["shards_reused"] == 2
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("shard-*.parquet")
+            if p.name in before} == before
+    assert not stray.exists() and shas(out) == shas(dataset)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes(tmp_path):
+    """SIGKILL a real `lagm generate` mid-run (shipped 64 px faces generator, so it runs for seconds), then
+    finish it: only the missing shards are written, the rest are untouched, pandas reads every row."""
+    cfg = load_config(None, {"data.resolution": 64, "generator.checkpoint": "embedded:faces", "annotator.width": 8,
+                             "segmentor.kind": "unet", "train.matched_blocks": ["All"]})
+    from lagm_ray.models.annotator import FPNAnnotator
+    from lagm_ray.synthetic import SyntheticSource
+
+    torch.manual_seed(0)
+    channels = SyntheticSource.from_spec("embedded:faces").feature_channels()
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint({"format": BEST_FORMAT, "config": cfg.to_dict(), "step": 0, "metrics": {}, "segmentor": {},
+                     "annotator": FPNAnnotator(channels, 8, 8).state_dict()}, ckpt)
+    out = tmp_path / "faces"
+    args = ["--annotator", str(ckpt), "--num-images", "96", "--shard-size", "4", "--batch-size", "4", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lagm_ray.cli", "generate", "--local", "--no-track", *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("shard-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    written = sorted(p.name for p in out.glob("shard-*.parquet"))
+    assert 1 <= len(written) < 24, "the run finished before it could be killed"
+    assert manifest(out)["status"] == "incomplete"
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: generation did not finish"):
+        dg.open_dataset(out)
+    before = {n: (out / n).stat().st_mtime_ns for n in written}
+
+    spec = dg.GenerationSpec(num_images=96, shard_size=4, batch_size=4)
+    m = dg.generate_local(ckpt, out, spec)
+    assert m["last_run"]["shards_reused"] == len(written) and m["last_run"]["shards_written"] == 24 - len(written)
+    assert {n: (out / n).stat().st_mtime_ns for n in written} == before
+    assert not list(out.glob(".*.tmp-*"))
+    assert pd.read_parquet(out)["seed"].tolist() == list(range(96))
+    assert dg.open_dataset(out).rows == 96 and dg.open_dataset(out).has_true_masks
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_errors_name_the_file(dataset, tiny_run, tmp_path):
+    out = copy(dataset, tmp_path)
+    shard1, shard2 = out / "shard-00001.parquet", out / "shard-00002.parquet"
+    data = bytearray(shard1.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a data page
+    shard1.write_bytes(bytes(data))
+    with pytest.raises(dg.DatasetError, match=r"shard-00001\.parquet: sha256 differs .* corrupt"):
+        dg.open_dataset(out)
+    with pytest.raises(dg.DatasetError, match=r"shard-00001\.parquet: unreadable or corrupt"):
+        dg.read_shard(shard1)  # the parquet page checksum, without the manifest
+
+    shard1.write_bytes((dataset / shard1.name).read_bytes())
+    shard2.write_bytes(shard2.read_bytes()[:-100])
+    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: \d+ bytes, but .*_manifest\.json records"):
+        dg.open_dataset(out)
+    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: unreadable"):
+        dg.read_shard(shard2)
+    shard2.unlink()
+    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: shard listed in .* is missing"):
+        dg.open_dataset(out)
+
+    # A re-run regenerates the damaged shard (rows are a function of the seed) and says so.
+    shard1.write_bytes(shard1.read_bytes()[:-100])
+    warnings = []
+    m = dg.generate_local(tiny_run[0], out, SPEC, warn=warnings.append)
+    assert len(warnings) == 1 and "shard-00001.parquet" in warnings[0]
+    assert m["last_run"]["shards_replaced"] == ["shard-00001.parquet"] and shas(out) == shas(dataset)
+
+    with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json: .* different settings .*num_images: 10 there"):
+        dg.generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .* expects 5 classes"):
+        dg.open_dataset(out, class_names=5)
+    car = tiny_run[1].replace({"data.category": "car"})
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
+        dg.downstream_from_shards(out, car)
+
+    m = manifest(out)
+    m["status"] = "incomplete"
+    (out / dg.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: generation did not finish"):
+        dg.open_dataset(out)
+    (out / dg.MANIFEST).write_text("{not json")
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: unreadable manifest"):
+        dg.open_dataset(out)
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: no dataset manifest"):
+        dg.open_dataset(tmp_path)
+
+
+def test_uncertainty_filtering_is_reported(dataset, tiny_run, tmp_path):
+    df = pd.read_parquet(dataset)
+    threshold = float(df["confidence"].median())
+    spec = dg.GenerationSpec(num_images=10, shard_size=4, batch_size=3, min_confidence=threshold)
+    m = dg.generate_local(tiny_run[0], tmp_path / "filtered", spec)
+    kept = df[df["confidence"] >= np.float32(threshold)]
+    assert 0 < len(kept) < 10
+    assert m["rows"] == len(kept) and m["filter"]["filtered"] == 10 - len(kept)
+    assert m["filter"]["min_confidence"] == threshold and m["filter"]["kept_fraction"] == len(kept) / 10
+    assert sum(s["filtered"] for s in m["shards"]) == 10 - len(kept)
+    assert pd.read_parquet(tmp_path / "filtered")["seed"].tolist() == kept["seed"].tolist()
+
+    m = dg.generate_local(tiny_run[0], tmp_path / "entropy",
+                          dg.GenerationSpec(num_images=10, shard_size=4, batch_size=3, max_entropy=0.0))
+    assert m["rows"] == 0 and m["filter"]["filtered"] == 10 and pd.read_parquet(tmp_path / "entropy").empty
+
+
+# ------------------------------------------------------------------------------------------ downstream
+
+
+def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
+    """Same seeds, same mIoU, exactly: the shard round trip (PNG, parquet, decoding, resizing) loses nothing
+    beyond the 8-bit images a dataset stores."""
+    best, cfg = tiny_run
+    from_shards = dg.downstream_from_shards(dataset, cfg)
+    samples = dg.generate_samples(dg.load_annotator(best), SPEC)
+    images, labels = dg.training_pair(samples, cfg.data.seg_resolution)
+    in_memory = dg.downstream_metrics(cfg, images, labels)
+    assert from_shards == in_memory and "downstream/test/fg_miou" in from_shards
+
+    # `lagm downstream DIR` takes the annotator run's config from the manifest.
+    from typer.testing import CliRunner
+
+    from lagm_ray.cli import app
+
+    r = CliRunner().invoke(app, ["downstream", str(dataset)])
+    assert r.exit_code == 0 and "downstream/test/fg_miou" in r.output, r.output
+    shown = f"{100 * from_shards['downstream/test/fg_miou']:.2f}"
+    assert shown in r.output
+    r = CliRunner().invoke(app, ["downstream", str(dataset), "--set", "data.category=car"])
+    assert r.exit_code == 2 and "_manifest.json: the dataset has 8 classes" in " ".join(r.output.split())
+
+
+@pytest.mark.ray
+def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
+    from lagm_ray.distributed import datagen as rdg
+
+    images, labels = dg.load_tensors(dataset, 16)
+    r_images, r_labels = rdg.load_tensors(dataset, 16)
+    assert torch.equal(images, r_images) and torch.equal(labels, r_labels)
+    assert images.stride() == r_images.stride()  # the memory layout changes a trained segmentor too
+    cfg = tiny_run[1]
+    assert rdg.downstream_from_shards(dataset, cfg) == dg.downstream_from_shards(dataset, cfg)
+    truth = rdg.load_tensors(dataset, None, mask="true_mask")[1]
+    assert truth.shape == (10, 32, 32) and torch.equal(truth, dg.load_tensors(dataset, mask="true_mask")[1])
+    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes"):
+        rdg.read_dataset(dataset, class_names=6)
