@@ -471,7 +471,7 @@ def check_shard(path: Path, expected_identity: dict[str, Any], index: int) -> di
     meta = shard_metadata(table.schema, path)
     if meta.get("identity") != expected_identity:
         raise SettingsMismatch(f"{path}: this shard was generated with different settings "
-                           f"({_diff(meta.get('identity') or {}, expected_identity)})")
+                               f"({_diff(meta.get('identity') or {}, expected_identity)})")
     stats = meta["shard"]
     if stats.get("index") != index or stats.get("rows") != table.num_rows:
         raise DatasetError(f"{path}: shard metadata says index {stats.get('index')} with {stats.get('rows')} rows, "
@@ -597,9 +597,9 @@ def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
         mpath = out / MANIFEST
         old = _read_manifest_file(mpath) if mpath.exists() else None
         if old is not None and old.get("identity") != ident:
-            raise SettingsMismatch(f"{mpath}: {out} already holds a dataset generated with different settings "
-                               f"({_diff(old.get('identity') or {}, ident)}); use another output directory, or "
-                               "repeat the original arguments to resume it")
+            raise SettingsMismatch(f"{mpath}: {out} already holds a dataset generated with different "
+                                   f"settings ({_diff(old.get('identity') or {}, ident)}); use another output "
+                                   "directory, or repeat the original arguments to resume it")
         for tmp in list(out.glob(f".{SHARD_GLOB}.tmp-*")) + list(out.glob(f".{MANIFEST}.tmp-*")):
             tmp.unlink(missing_ok=True)  # a killed writer's leftovers: we hold the lock, nobody else writes
         recorded = {s["file"]: s for s in (old or {}).get("shards", [])}

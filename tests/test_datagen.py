@@ -98,6 +98,8 @@ def test_schema_and_round_trip(dataset, tiny_run):
     label = Image.open(io.BytesIO(df["label"][0]))
     assert label.mode == "P" and label.size == (32, 32) and label.getpalette()[:3] == [0, 0, 0]
     assert 0 < df["confidence"].min() and df["confidence"].max() <= 1 and df["entropy"].min() >= 0
+    truth = dg.load_tensors(dataset, mask="true_mask")[1]
+    assert torch.equal(truth, s.true_masks)
 
 
 def test_hugging_face_datasets_opens_the_shards(dataset):
@@ -310,15 +312,20 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
 
 @pytest.mark.ray
 def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
+    """read_parquet -> decode in map_batches -> iter_torch_batches gives the pure reader's tensors, so the
+    downstream segmentor it trains is the same one."""
     from lagm_ray.distributed import datagen as rdg
 
-    images, labels = dg.load_tensors(dataset, 16)
-    r_images, r_labels = rdg.load_tensors(dataset, 16)
-    assert torch.equal(images, r_images) and torch.equal(labels, r_labels)
-    assert images.stride() == r_images.stride()  # the memory layout changes a trained segmentor too
     cfg = tiny_run[1]
-    assert rdg.downstream_from_shards(dataset, cfg) == dg.downstream_from_shards(dataset, cfg)
-    truth = rdg.load_tensors(dataset, None, mask="true_mask")[1]
-    assert truth.shape == (10, 32, 32) and torch.equal(truth, dg.load_tensors(dataset, mask="true_mask")[1])
+    fed = []
+
+    def ray_reader(ds, size):
+        fed.append(rdg.load_tensors(ds, size))
+        return fed[-1]
+
+    assert dg.downstream_from_shards(dataset, cfg, reader=ray_reader) == dg.downstream_from_shards(dataset, cfg)
+    images, labels = dg.load_tensors(dataset, cfg.data.seg_resolution)
+    assert torch.equal(images, fed[0][0]) and torch.equal(labels, fed[0][1])
+    assert images.stride() == fed[0][0].stride()  # the memory layout changes a trained segmentor too
     with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes"):
         rdg.read_dataset(dataset, class_names=6)

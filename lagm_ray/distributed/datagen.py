@@ -4,7 +4,7 @@ Generation is ``from_items([{"shard": i} ...]) -> map_batches(ShardWriter, batch
 of actors. Each actor loads the generator and the annotator once, then per item generates one shard and
 writes it itself (atomically, to ``out``, which must be storage every node sees: a local disk on one
 machine, NFS on a cluster). Only a summary row per shard flows back, so the driver never holds images
-and its memory stays flat however large the dataset; it streams those rows (``iter_rows``) to report
+and its memory stays flat however large the dataset; it streams those rows (``iter_batches``) to report
 progress and records them for the manifest. A killed run leaves at most temp files, which the next run
 removes before writing the shards still missing.
 
@@ -14,6 +14,7 @@ and ``iter_torch_batches`` into the downstream segmentor's training.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -41,8 +42,6 @@ class ShardWriter:
 
 
 def _encode(entry: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(entry)  # one string column: None means (empty shard stats) survive the trip unchanged
 
 
@@ -83,13 +82,14 @@ def generate_dataset(annotator: str | os.PathLike, out: str | os.PathLike, spec:
                 num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0, batch_format="numpy",
                 fn_constructor_kwargs={"info": info, "spec": p.spec, "out": str(p.out),
                                        "num_threads": int(cpus_per_actor), "use_gpu": bool(use_gpu)})
-            import json
-
-            for row in ds.iter_rows():  # streams as shards finish; each row is a few hundred bytes
-                entry = json.loads(row["entry"])
-                p.record(entry)
-                if on_shard:
-                    on_shard(p, entry)
+            # Rows stream in as shards finish (each a few hundred bytes). Not iter_rows(): its one-batch
+            # prefetch holds every row back until the next one arrives, so progress would lag a shard.
+            for batch in ds.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
+                for text in batch["entry"]:
+                    entry = json.loads(text)
+                    p.record(entry)
+                    if on_shard:
+                        on_shard(p, entry)
         return p.finish(run)
 
 
@@ -113,9 +113,20 @@ def read_dataset(directory: str | os.PathLike, size: int | None = None, mask: st
 
     ds = dg.open_dataset(directory, class_names, checksums=checksums)
     _init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return (ray.data.read_parquet([str(f) for f in ds.files], include_paths=True)
-            .select_columns(["seed", "image", mask, "path"])
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # The files are already listed and verified by the manifest. Ray Data's V2 parquet datasource would
+    # start a pool of footer-reading actors on every read (measured: 11 s for 3 small shards on 2 busy
+    # cores, against 0.2 s for the V1 path's one read task per file), so this read takes the V1 path.
+    v2 = getattr(ctx, "use_datasource_v2", None)
+    if v2 is not None:
+        ctx.use_datasource_v2 = False
+    try:
+        rows = ray.data.read_parquet([str(f) for f in ds.files], include_paths=True)
+    finally:
+        if v2 is not None:
+            ctx.use_datasource_v2 = v2
+    return (rows.select_columns(["seed", "image", mask, "path"])
             .map_batches(_decode, batch_format="numpy",
                          fn_kwargs={"size": size, "mask": mask, "num_classes": ds.num_classes}))
 
