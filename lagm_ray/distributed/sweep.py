@@ -213,7 +213,10 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=make_searcher(spec),
                                         scheduler=make_scheduler(spec), num_samples=spec.num_samples,
                                         max_concurrent_trials=spec.max_concurrent_trials,
-                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        # a finished trial's process takes the next trial: no new
+                                        # interpreter, no second import of torch, per trial
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
