@@ -90,7 +90,7 @@ def plot(df: pd.DataFrame, swept: list[str], path: Path, title: str = "") -> Non
     import matplotlib.pyplot as plt
 
     keys = swept or ["trial"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(5.5, 4.5 * len(keys)), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         x = df[key] if key in df else pd.Series(range(len(df)))
         numeric = pd.api.types.is_numeric_dtype(x)
@@ -115,7 +115,9 @@ def plot(df: pd.DataFrame, swept: list[str], path: Path, title: str = "") -> Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")  # the atomic temp name has no .png suffix
     plt.close(fig)

@@ -111,7 +111,9 @@ def test_ray_job_submit_runs_the_k_ablation_on_a_local_head(tmp_path):
 
     ray_bin = Path(sys.executable).parent / "ray"
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    port, dash = free_port(), free_port()
+    # Every port of this head chosen free: the defaults (e.g. the dashboard agent's 52365) may be held
+    # by another Ray on the machine, such as the test session's own, and then no job can be submitted.
+    port, dash, agent, agent_grpc, env_agent, metrics, client = (free_port() for _ in range(7))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Ray 2.60 turns token authentication on for `ray start` whenever ~/.ray/auth_token exists (a
     # local ray.init() writes one); `ray job submit` then needs the token too. Use our own token.
@@ -122,7 +124,10 @@ def test_ray_job_submit_runs_the_k_ablation_on_a_local_head(tmp_path):
     # this head (GCS, raylet, dashboard, workers, the job's driver) is in that session.
     head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--num-cpus", "2",
                              "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--port", str(port),
-                             "--dashboard-port", str(dash), "--temp-dir", temp_dir, "--include-dashboard", "true",
+                             "--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(agent),
+                             "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
+                             "--metrics-export-port", str(metrics), "--ray-client-server-port", str(client),
+                             "--temp-dir", temp_dir, "--include-dashboard", "true",
                              "--disable-usage-stats"], env=env, stdout=open(tmp_path / "head.log", "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -145,7 +150,11 @@ def test_ray_job_submit_runs_the_k_ablation_on_a_local_head(tmp_path):
                "--set", "train.eval_interval=2", "--set", "data.num_val=8", "--set", "data.num_test=8",
                "--set", "eval.num_annotator_samples=4"]
         t0 = time.time()
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        for _ in range(20):  # the job agent registers a few seconds after the dashboard answers
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+            if "No available agent to submit job" not in out.stderr + out.stdout:
+                break
+            time.sleep(3)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
         assert "succeeded" in (out.stdout + out.stderr).lower()
         assert "5 trials (0 failed)" in out.stdout, out.stdout[-3000:]

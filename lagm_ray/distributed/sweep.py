@@ -113,8 +113,9 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
                        # Report and checkpoint at every evaluation: the metric is in every report.
                        "train.checkpoint_interval": cfg.train.eval_interval,
                        "tracking.parent_run_id": sweep["parent_run_id"]})
-    if cfg.run.num_threads == 0:  # one torch thread per reserved CPU, not one per core of the node
-        cfg = cfg.replace({"run.num_threads": max(1, int(sweep["cpus_per_worker"]))})
+    # One torch thread per CPU the trial reserved, whatever the base config asks for a standalone run:
+    # concurrent trials with more threads than cores slow each other down several times over.
+    cfg = cfg.replace({"run.num_threads": max(1, int(sweep["cpus_per_worker"]))})
     run_id = None
     tags = {"lagm.trial_id": trial_id, "lagm.role": "trial", "lagm.sweep": sweep["name"],
             "lagm.node": ray.get_runtime_context().get_node_id()}  # which node ran it (multi-node sweeps)
