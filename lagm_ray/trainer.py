@@ -339,7 +339,9 @@ class Trainer:
         save_checkpoint({"format": BEST_FORMAT, "config": self.cfg.to_dict(), "step": self.best["step"],
                          "metrics": self.best["metrics"], "class_names": self.class_names,
                          "segmentor": self.best.get("segmentor") or self.segmentor.state_dict(),
-                         "annotator": self.best.get("annotator") if self.annotator else None}, path)
+                         # before any evaluation there is no best step yet: the current weights
+                         "annotator": (self.best.get("annotator") or self.annotator.state_dict())
+                         if self.annotator else None}, path)
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
