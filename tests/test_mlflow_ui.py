@@ -177,7 +177,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def test_mlflow_ui_shows_sweep_children_and_pictures(finished_sweep, mlflow_ui, driver, tmp_path):
+def test_mlflow_ui_shows_sweep_children_pictures_and_summary(finished_sweep, mlflow_ui, driver, tmp_path):
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
 
@@ -243,3 +243,16 @@ def test_mlflow_ui_shows_sweep_children_and_pictures(finished_sweep, mlflow_ui, 
     fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     if not any("get-artifact" in u and child.info.run_id in u and Path(picture).name in u for u in fetched):
         ui.fail(f"the browser never fetched {picture} via get-artifact: {[u for u in fetched if 'artifact' in u]}")
+
+    # (4) the parent run's artifacts page renders the sweep's summary plot
+    summary = "summary/summary.png"
+    (tmp_path / "parent").mkdir()
+    sw, sh = _png_size(Path(client.download_artifacts(parent_id, summary, str(tmp_path / "parent"))))
+    ui.go(f"#/experiments/{eid}/runs/{parent_id}/artifacts/{summary}")
+    driver.refresh()  # a hash-only change keeps the previous run's artifact view: load the page afresh
+    plot = ui.until(lambda d: d.execute_script(
+        "return Array.from(document.images).filter(i => i.alt === arguments[0] && i.complete"
+        " && i.naturalWidth > 0).map(i => [i.naturalWidth, i.naturalHeight])", summary),
+        f"a loaded <img alt={summary!r}> on the parent run's artifacts page")
+    if plot[0] != [sw, sh]:
+        ui.fail(f"the displayed summary plot is {plot[0]} px, the logged PNG is {sw}x{sh}")
