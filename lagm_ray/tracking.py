@@ -165,23 +165,18 @@ def end_sweep_run(run_id: str, uri: str | None, status: str = "FINISHED") -> Non
 
 def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None) -> str | None:
     """The child run a trial already created (before its worker or the driver was killed), if any."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri(uri))
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                                            f"and tags.`{TRIAL_TAG}` = '{trial_id}'")
+    runs = child_runs(parent_run_id, uri, f"tags.`{TRIAL_TAG}` = '{trial_id}'")
     return runs[0].info.run_id if runs else None
 
 
-def child_runs(parent_run_id: str, uri: str | None) -> list:
+def child_runs(parent_run_id: str, uri: str | None, extra_filter: str = "") -> list:
+    """The runs nested under ``parent_run_id`` (and matching ``extra_filter``, an MLflow filter string)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(uri))
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10_000)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
+    return client.search_runs([parent.info.experiment_id], filter_string=query, max_results=10_000)
 
 
 def find_sweep_run(sweep: str, experiment: str | None, uri: str | None) -> str:

@@ -52,6 +52,15 @@ def tiny_config(tiny_generator_path, tmp_path):
     return make
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster of 2 CPUs for the whole session (started once: it takes seconds)."""

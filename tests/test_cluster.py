@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
 
@@ -67,12 +69,6 @@ def test_kuberay_raycluster_and_rayjob():
             assert int(w["resources"]["limits"]["nvidia.com/gpu"]) >= 1
             assert group["maxReplicas"] >= group["replicas"] >= group.get("minReplicas", 0)
         assert spec["rayVersion"] == rc["spec"]["rayVersion"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_pids(sid: int) -> list[int]:

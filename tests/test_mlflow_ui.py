@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,12 +41,6 @@ def browser_available():
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -78,7 +73,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def mlflow_ui(browser_available, finished_sweep):
     """A real `mlflow server` on the finished sweep's store: (base URL, server log path)."""
     tmp, uri, _, _ = finished_sweep
-    port = _free_port()
+    port = free_port()
     log = tmp / "mlflow_server.log"
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no extra job-runner process
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,

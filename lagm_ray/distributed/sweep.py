@@ -47,19 +47,20 @@ def absolute_paths(cfg: Config) -> Config:
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
+    return {key: _tune_domain(d) for key, d in spec.space.items()}
+
+
+def _tune_domain(d):
     from ray import tune
 
-    out: dict[str, Any] = {}
-    for key, d in spec.space.items():
-        lo_hi = d.values
-        out[key] = {
-            "grid": lambda: tune.grid_search(d.values),
-            "choice": lambda: tune.choice(d.values),
-            "uniform": lambda: tune.uniform(*lo_hi),
-            "loguniform": lambda: tune.loguniform(*lo_hi),
-            "int": lambda: tune.randint(lo_hi[0], lo_hi[1] + 1),  # randint's upper bound is exclusive
-        }[d.kind]()
-    return out
+    if d.kind == "grid":
+        return tune.grid_search(d.values)
+    if d.kind == "choice":
+        return tune.choice(d.values)
+    low, high = d.values
+    if d.kind == "int":
+        return tune.randint(low, high + 1)  # the spec's bounds are inclusive, randint's upper is not
+    return tune.loguniform(low, high) if d.kind == "loguniform" else tune.uniform(low, high)
 
 
 def make_searcher(spec: SweepSpec):
