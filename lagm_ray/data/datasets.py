@@ -64,4 +64,31 @@ def load_labelled_splits(data: DataConfig) -> LabelledSplits:
         va = real_split(data.category, "val", size, data.num_val)
         te = real_split(data.category, "test", size, data.num_test)
         return LabelledSplits(list(category.class_names), *tr, *va, *te)
-    raise ConfigError(f"data.dataset: unknown dataset {data.dataset!r}; available: embedded")
+    module = real_dataset_module(data.dataset)
+    if not data.root:
+        raise ConfigError(f"data.root: dataset {data.dataset!r} needs its root folder (data.root=/path/to/it)")
+    return module.load_splits(data, size)
+
+
+# Real datasets, one module each, imported only when named. A module provides
+#   CLASS_NAMES: list[str]
+#   load_splits(data: DataConfig, size: int) -> LabelledSplits     (labelled train / val / test)
+#   check(root, limit: int | None = None) -> files.DataReport        (for `lagm data check`)
+# and, where the dataset has them, load_unlabelled(data: DataConfig, size: int, n: int) -> Tensor.
+REAL_DATASETS = {
+    "celebamask_hq": "lagm_ray.data.celebamask",
+}
+
+
+def canonical_dataset_name(name: str) -> str:
+    """``celebamask-hq`` and ``CelebAMask_HQ`` both name ``celebamask_hq``."""
+    return name.strip().lower().replace("-", "_")
+
+
+def real_dataset_module(name: str):
+    import importlib
+
+    key = canonical_dataset_name(name)
+    if key not in REAL_DATASETS:
+        raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: embedded, {', '.join(REAL_DATASETS)}")
+    return importlib.import_module(REAL_DATASETS[key])

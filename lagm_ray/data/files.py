@@ -1,0 +1,113 @@
+"""Reading real dataset files with errors that name the file, and the report `lagm data check` prints.
+
+Every real-format loader (CelebAMask-HQ, PASCAL-Part, DatasetGAN's sets, CGPart) reads through
+these helpers, so a corrupt image, a mask with a value outside the label set, or an image/mask size
+mismatch fails the same way everywhere: a :class:`DataError` whose message starts with the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A real dataset file is missing, unreadable or inconsistent; the message names the file."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 [H, W, 3]. Grey and RGBA inputs are converted; a truncated or corrupt file raises."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated JPEG only fails on load
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or unreadable image ({type(e).__name__}: {e})") from e
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """A label map stored as an image: [H, W] uint8. Palette ('P') PNGs give their indices, grey gives
+    its values, RGB masks whose three channels agree give one of them (CelebAMask-HQ's part masks)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mask file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "L"):
+                return np.asarray(im, dtype=np.uint8).copy()
+            if im.mode == "I;16" or im.mode == "I":
+                a = np.asarray(im)
+                if a.max(initial=0) > 255:
+                    raise DataError(f"{path}: mask values up to {int(a.max())} do not fit a label map")
+                return a.astype(np.uint8)
+            a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or unreadable mask ({type(e).__name__}: {e})") from e
+    if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+        raise DataError(f"{path}: colour mask (channels differ); expected a label map (grey or palette PNG)")
+    return a[..., 0].copy()
+
+
+def check_labels(mask: np.ndarray, valid: Iterable[int], path: str | Path) -> None:
+    """Raise naming ``path`` and the offending values if ``mask`` holds a value outside ``valid``."""
+    valid_arr = np.asarray(sorted(set(int(v) for v in valid)))
+    values = np.unique(mask)
+    bad = values[~np.isin(values, valid_arr)]
+    if bad.size:
+        raise DataError(f"{path}: mask has unknown label value(s) {bad.tolist()}; valid: {valid_arr.tolist()}")
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: str | Path, mask_path: str | Path) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                        f"{image.shape[1]}x{image.shape[0]}")
+
+
+def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 HWC images and label maps (all the same size) -> ([N,3,S,S] in [-1,1], [N,S,S] int64),
+    images by area averaging, masks by nearest neighbour."""
+    from .datasets import resize_pair
+
+    if not images:
+        return torch.zeros(0, 3, size, size), torch.zeros(0, size, size, dtype=torch.long)
+    out_i, out_m = [], []
+    for im, m in zip(images, masks):
+        x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        y = torch.from_numpy(np.ascontiguousarray(m)).long()[None]
+        x, y = resize_pair(x, y, size)
+        out_i.append(x)
+        out_m.append(y)
+    return torch.cat(out_i), torch.cat(out_m)
+
+
+@dataclass
+class DataReport:
+    """What `lagm data check` found in a dataset folder."""
+
+    dataset: str
+    root: str
+    class_names: list[str]
+    num_checked: int = 0
+    problems: list[str] = field(default_factory=list)  # one line each, starting with the file
+    class_pixels: list[int] = field(default_factory=list)  # per class, over the checked masks
+    samples: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (image, mask) for the picture
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def class_frequencies(self) -> dict[str, float]:
+        total = max(1, sum(self.class_pixels))
+        return {n: c / total for n, c in zip(self.class_names, self.class_pixels)}
