@@ -33,10 +33,11 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
               description: str | None = None):
     """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar."""
     from .progress import ProgressCallback
-    from .trainer import LocalCheckpoints, Trainer
+    from .methods import build_trainer
+    from .trainer import LocalCheckpoints
 
     run_dir = run_dir_of(cfg)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     if resume:
         path = run_dir / "last.pt" if resume == "auto" else Path(resume)
         if path.exists():

@@ -78,7 +78,10 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["lagm", "supervised"] = "lagm"
+    # lagm and supervised are the paper's; the rest are the methods it is compared with, each
+    # configured in its own section below (lagm_ray/methods/ holds one module per method).
+    method: Literal["lagm", "supervised", "pseudo_label", "inversion", "maml", "datasetgan", "repurposegan",
+                    "ganorcon", "layermatch"] = "lagm"
     steps: int = 150_000
     # Algorithm 1's K: the segmentor is updated once every K annotator steps.
     # The reference code accepts K but always behaves as K = 1; K > 1 is implemented here.
@@ -109,6 +112,44 @@ class EvalConfig:
     downstream_lr: float = 1e-3
 
 
+# ---- baselines (train.method other than lagm / supervised); each section is read by its method only.
+
+
+@dataclass
+class PseudoLabelConfig:
+    """LAGM Appendix C, Table C.6."""
+
+
+@dataclass
+class InversionConfig:
+    """LAGM Appendix C, Table C.5."""
+
+
+@dataclass
+class MAMLConfig:
+    """LAGM Appendix C, Algorithm 2 and Table C.7."""
+
+
+@dataclass
+class DatasetGANConfig:
+    """DatasetGAN (Zhang et al., CVPR 2021), Section 3."""
+
+
+@dataclass
+class RepurposeGANConfig:
+    """RepurposeGAN (Tritrong et al., CVPR 2021), Section 3."""
+
+
+@dataclass
+class GANORCONConfig:
+    """GANORCON (Saha et al., CVPR 2022), Section 3."""
+
+
+@dataclass
+class LayerMatchConfig:
+    """LayerMatch (Rahimi et al.), Sections 2-3."""
+
+
 @dataclass
 class TrackingConfig:
     enabled: bool = True
@@ -127,6 +168,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    maml: MAMLConfig = field(default_factory=MAMLConfig)
+    datasetgan: DatasetGANConfig = field(default_factory=DatasetGANConfig)
+    repurposegan: RepurposeGANConfig = field(default_factory=RepurposeGANConfig)
+    ganorcon: GANORCONConfig = field(default_factory=GANORCONConfig)
+    layermatch: LayerMatchConfig = field(default_factory=LayerMatchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,8 @@ from pathlib import Path
 from .config import from_dict, load_config, parse_override
 from .io import load_checkpoint
 from .metrics import drop_per_class
-from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT, Trainer
+from .methods import build_trainer
+from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT
 
 
 def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
@@ -27,7 +28,7 @@ def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, over
         cfg = from_dict(state["config"], source=f"{path} (stored config)")
         if overrides:
             cfg = cfg.replace(dict(parse_override(o) for o in overrides), source="--set")
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     if fmt == CHECKPOINT_FORMAT:
         trainer.load_state_dict(state)
     else:

@@ -28,7 +28,7 @@ class ProgressCallback(Callback):
     def on_start(self, trainer: Trainer) -> None:
         self.progress = make_progress()
         self.progress.start()
-        self.task = self.progress.add_task(self.description, total=trainer.cfg.train.steps,
+        self.task = self.progress.add_task(self.description, total=trainer.total_steps,
                                            completed=trainer.step, info="")
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:

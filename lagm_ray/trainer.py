@@ -8,6 +8,8 @@
             x_g, h = G(z');  theta <- theta - eta_s grad_theta CE_soft(S(x_g), A(h))
 
 ``method: supervised`` trains the same segmentor on the labelled images alone, same budget.
+The baselines (lagm_ray/methods/) subclass :class:`Trainer` and override :meth:`Trainer.build` and
+:meth:`Trainer.method_step`; :func:`lagm_ray.methods.build_trainer` picks the class for ``train.method``.
 
 The trainer knows nothing of Ray or MLflow. They plug in through :class:`Callback` (logging,
 checkpoints, reports) and ``grad_sync`` (averaging gradients across data-parallel workers).
@@ -65,11 +67,22 @@ def make_optimizer(params: Iterable[nn.Parameter], o) -> torch.optim.Optimizer:
 
 
 class Trainer:
+    """LAGM and supervised-only. Subclasses (the baselines) keep the loop, evaluation, checkpoints and
+    callbacks, and override the hooks: ``METHODS``, ``uses_generator``, ``build``, ``method_step``,
+    ``total_steps``, ``method_state`` / ``load_method_state``. A subclass that labels generated images
+    sets ``self.annotator`` (features -> logits) and ``self.feature_index``, and gets the annotator-vs-truth
+    metrics, the pictures and the downstream protocol for free."""
+
+    METHODS: tuple[str, ...] = ("lagm", "supervised")
+
     def __init__(self, cfg: Config, *, device: torch.device | str | None = None, rank: int = 0,
                  grad_sync: Callable[[Sequence[nn.Parameter]], None] | None = None,
                  splits: LabelledSplits | None = None, source: SyntheticSource | None = None):
         self.cfg = cfg
         t = cfg.train
+        if t.method not in self.METHODS:
+            raise ConfigError(f"train.method {t.method!r} is not run by {type(self).__name__}; "
+                              "build trainers with lagm_ray.methods.build_trainer(cfg)")
         self.device = torch.device(device) if device is not None else resolve_device(cfg.run.device)
         self.rank = rank
         self.grad_sync = grad_sync
@@ -87,21 +100,10 @@ class Trainer:
         self.is_lagm = t.method == "lagm"
 
         self.source: SyntheticSource | None = None
-        self.annotator: FPNAnnotator | None = None
-        if self.is_lagm:
-            g = cfg.generator
-            self.source = source or SyntheticSource.from_spec(
-                g.checkpoint, self.device, truncation_psi=g.truncation_psi,
-                truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode)
-            if self.source.resolution != cfg.data.resolution:
-                raise ConfigError(f"data.resolution is {cfg.data.resolution} but the generator "
-                                  f"{g.checkpoint} makes {self.source.resolution} px images")
-            if self.source.class_names and list(self.source.class_names) != self.class_names:
-                raise ConfigError(f"generator.checkpoint {g.checkpoint}: its classes {self.source.class_names} "
-                                  f"differ from the dataset's {self.class_names}")
+        self.feature_index: list[int] | None = None
+        if self.uses_generator:
+            self.source = source or self._load_source()
             self.feature_index = self._feature_index(cfg.annotator.feature_resolutions)
-            channels = [self.source.feature_channels()[i] for i in self.feature_index]
-            self.annotator = FPNAnnotator(channels, self.num_classes, cfg.annotator.width).to(self.device)
 
         self.segmentor = self.new_segmentor()
         try:
@@ -109,13 +111,66 @@ class Trainer:
         except UnknownBlockError as e:
             raise ConfigError(f"train.matched_blocks: {e}") from e
         self.matched_params = [p for _, p in self.matched]
-
         self.opt_s = make_optimizer(self.segmentor.parameters(), t.segmentor_optim)
-        self.opt_a = make_optimizer(self.annotator.parameters(), t.annotator_optim) if self.annotator else None
+
+        self.annotator: nn.Module | None = None  # generator features -> logits, when the method has one
+        self.opt_a: torch.optim.Optimizer | None = None
+        self.build()
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "metric": -1.0, "metrics": {}}
         self.history: list[dict[str, float]] = []
         self.step_seconds = [0.0, 0]  # sum and count of this process's step times (not checkpointed)
+
+    # ------------------------------------------------------------------------------ method hooks
+
+    @property
+    def uses_generator(self) -> bool:
+        return self.cfg.train.method != "supervised"
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.steps
+
+    def build(self) -> None:
+        """The method's own networks and optimisers (here: LAGM's FPN annotator)."""
+        if self.is_lagm:
+            channels = [self.source.feature_channels()[i] for i in self.feature_index]
+            self.annotator = FPNAnnotator(channels, self.num_classes, self.cfg.annotator.width).to(self.device)
+            self.opt_a = make_optimizer(self.annotator.parameters(), self.cfg.train.annotator_optim)
+
+    def method_step(self) -> dict[str, float]:
+        """One training step of the method; returns metrics to log."""
+        if not self.is_lagm:
+            return self.segmentor_step_supervised()
+        t0 = time.perf_counter()
+        metrics = self.annotator_step()
+        t1 = time.perf_counter()
+        metrics["time/annotator_phase_s"] = t1 - t0
+        if self.step % self.cfg.train.K == 0:
+            metrics.update(self.segmentor_step_synthetic())
+            metrics["time/segmentor_phase_s"] = time.perf_counter() - t1
+        return metrics
+
+    def method_state(self) -> dict[str, Any]:
+        """Method state beyond segmentor, annotator and their optimisers (checkpointed)."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------------------ networks
+
+    def _load_source(self) -> SyntheticSource:
+        g, cfg = self.cfg.generator, self.cfg
+        source = SyntheticSource.from_spec(g.checkpoint, self.device, truncation_psi=g.truncation_psi,
+                                           truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode)
+        if source.resolution != cfg.data.resolution:
+            raise ConfigError(f"data.resolution is {cfg.data.resolution} but the generator "
+                              f"{g.checkpoint} makes {source.resolution} px images")
+        if source.class_names and list(source.class_names) != self.class_names:
+            raise ConfigError(f"generator.checkpoint {g.checkpoint}: its classes {source.class_names} "
+                              f"differ from the dataset's {self.class_names}")
+        return source
 
     def new_segmentor(self) -> nn.Module:
         """A segmentor as configured (kind, width, scratch or a weights file), on the device."""
@@ -197,16 +252,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         self.step += 1
         t0 = time.perf_counter()
-        metrics: dict[str, float] = {}
-        if self.is_lagm:
-            metrics.update(self.annotator_step())
-            t1 = time.perf_counter()
-            metrics["time/annotator_phase_s"] = t1 - t0
-            if self.step % self.cfg.train.K == 0:
-                metrics.update(self.segmentor_step_synthetic())
-                metrics["time/segmentor_phase_s"] = time.perf_counter() - t1
-        else:
-            metrics.update(self.segmentor_step_supervised())
+        metrics = self.method_step()
         metrics["time/step_s"] = time.perf_counter() - t0
         self.step_seconds[0] += metrics["time/step_s"]
         self.step_seconds[1] += 1
@@ -254,7 +300,8 @@ class Trainer:
         from .evaluation import synthetic_dataset, train_downstream
 
         if self.annotator is None:
-            raise ConfigError("the downstream protocol needs an annotator: train.method must be lagm")
+            raise ConfigError(f"the downstream protocol needs an annotator; train.method {self.cfg.train.method!r} "
+                              "has none")
         e, sp = self.cfg.eval, self.splits
         annotator = copy.deepcopy(self.annotator)
         if use_best and self.best.get("annotator") is not None:
@@ -278,21 +325,22 @@ class Trainer:
 
     def fit(self, callbacks: Sequence[Callback] = (), pictures: bool = True) -> TrainResult:
         t = self.cfg.train
+        total = self.total_steps
         for cb in callbacks:
             cb.on_start(self)
-        while self.step < t.steps:
+        while self.step < total:
             metrics = self.train_step()
             step = self.step
             if step % t.log_interval == 0 or step == 1:
                 for cb in callbacks:
                     cb.on_log(step, metrics)
             # Only the first worker evaluates: every worker holds the same weights after averaging.
-            if self.rank == 0 and (step % t.eval_interval == 0 or step == t.steps):
-                want_pics = pictures and (step == t.steps or (t.picture_interval and step % t.picture_interval == 0))
+            if self.rank == 0 and (step % t.eval_interval == 0 or step == total):
+                want_pics = pictures and (step == total or (t.picture_interval and step % t.picture_interval == 0))
                 ev, pics = self.evaluate(pictures=bool(want_pics))
                 for cb in callbacks:
                     cb.on_eval(step, ev, pics)
-            if step % t.checkpoint_interval == 0 or step == t.steps:
+            if step % t.checkpoint_interval == 0 or step == total:
                 for cb in callbacks:
                     cb.on_checkpoint(step, self)
         result = self.result()
@@ -314,6 +362,7 @@ class Trainer:
             "rng": {"trainer": self.rng.get_state(), **rng_state()},
             "best": self.best,
             "history": self.history,
+            "method": self.method_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -329,6 +378,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best = state["best"]
         self.history = list(state["history"])
+        self.load_method_state(state.get("method") or {})
 
     def save(self, path: str | Path) -> None:
         save_checkpoint(self.state_dict(), path)
@@ -336,7 +386,7 @@ class Trainer:
     def save_best(self, path: str | Path) -> None:
         """Annotator and segmentor at the best validation step: what `lagm evaluate` and
         `lagm generate` take."""
-        save_checkpoint({"format": BEST_FORMAT, "config": self.cfg.to_dict(), "step": self.best["step"],
+        save_checkpoint({"format": BEST_FORMAT, "method": self.cfg.train.method, "config": self.cfg.to_dict(), "step": self.best["step"],
                          "metrics": self.best["metrics"], "class_names": self.class_names,
                          "segmentor": self.best.get("segmentor") or self.segmentor.state_dict(),
                          # before any evaluation there is no best step yet: the current weights

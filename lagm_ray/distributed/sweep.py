@@ -104,7 +104,7 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
-    from ..trainer import Trainer
+    from ..methods import build_trainer
     from .train import RayReport, resume
 
     ctx = tune.get_context()
@@ -137,7 +137,7 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
                 callbacks=[TuneReportCallback()])
         return
 
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     resume(trainer, tune.get_checkpoint())
     callbacks: list = [RayReport(report=tune.report, **sweep.get("fault", {}))]
     if cfg.tracking.enabled:

@@ -32,6 +32,7 @@ from torch import nn
 from ..config import Config, from_dict
 from ..io import load_checkpoint, save_checkpoint
 from ..metrics import drop_per_class
+from ..methods import build_trainer
 from ..trainer import Callback, Trainer
 
 LAST = "last.pt"
@@ -117,7 +118,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device() if cfg.run.device in ("auto", "cuda") else torch.device(cfg.run.device)
-    trainer = Trainer(cfg, device=device, rank=rank, grad_sync=allreduce_mean)
+    trainer = build_trainer(cfg, device=device, rank=rank, grad_sync=allreduce_mean)
     resume(trainer, ray.train.get_checkpoint(), ctx.get_world_size())
     callbacks: list[Callback] = [RayReport(loop_config.get("fail_at_step"), loop_config.get("fail_marker"))]
     if rank == 0 and cfg.tracking.enabled:
