@@ -15,7 +15,10 @@ from .sweep_spec import SweepSpec, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SPACES = ROOT / "search_spaces"
-console = Console()
+import sys
+
+# Wide when piped (ray job logs, files): the comparison tables would otherwise fold at 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def add_sweep_flags(ap: argparse.ArgumentParser) -> None:

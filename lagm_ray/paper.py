@@ -19,3 +19,33 @@ K_ABLATION = ("Figure 4 (curves only, no table; Face-34 and Cat-16, DeepLabv3): 
 # Figure 2 gives CelebA FG-mIoU for 2, 10, 30, 150, 1500 labels as a plot; Table C.11 gives 1,500 labels: 77.90.
 LABEL_COUNTS = {1500: "77.90 (Table C.11)"}
 LABEL_COUNTS_NOTE = "Figure 2 (CelebA, plot only) for 2..150 labels; Table C.11 for 1,500"
+
+# ---- The method comparison (experiments/compare_methods.py). Face-34 is the papers' closest setting
+# to the embedded faces; numbers are mIoU % including background, mean ± std over DatasetGAN's five
+# cross-validation folds, StyleGAN2 generator unless noted. Keyed by our train.method.
+METHODS_FACE34 = {
+    "lagm": "53.58 ± 0.45 U-Net, 55.10 ± 0.39 DeepLabv3 (LAGM Table 1)",
+    "supervised": "45.77 ± 1.51 transfer learning, DeepLabv3 (LAGM Table 1, from DatasetGAN)",
+    "datasetgan": "53.84 ± 0.41 U-Net, 54.55 ± 0.25 DeepLabv3, StyleGAN (LAGM Table 1); "
+                  "53.46 ± 1.21 (GANORCON Table 1)",
+    "inversion": "48.57 ± 0.38 U-Net, 47.87 ± 0.86 DeepLabv3 (LAGM Table C.5)",
+    "pseudo_label": "43.26 ± 1.20 U-Net, 42.15 ± 0.68 DeepLabv3 (LAGM Table C.6)",
+    "maml": "32.64 ± 0.18 1-step U-Net, 33.82 ± 0.24 1-step DeepLabv3, 39.04 ± 0.23 2-step DeepLabv3 "
+            "(LAGM Table C.7)",
+    "ganorcon": "54.06 ± 0.15 CONV + distill, 53.41 MLP + distill (GANORCON Tables 1-2)",
+    "repurposegan": "not reported on Face-34 (GANORCON Table 2's ReGAN/Face10 setting: 77.37 MoCo MLP distill)",
+    "layermatch": "not reported on Face-34 (CelebA-HQ label fractions only, LayerMatch Figure 5)",
+}
+# The orderings the papers claim, as (better, worse) pairs of our method names.
+METHOD_ORDERINGS = [
+    ("lagm", "supervised", "LAGM Table 1 / Figure 2: few labels, LAGM above supervised-only"),
+    ("lagm", "inversion", "LAGM Table C.5"),
+    ("lagm", "pseudo_label", "LAGM Table C.6"),
+    ("lagm", "maml", "LAGM Table C.7 (1-2 unrolled steps)"),
+    ("inversion", "pseudo_label", "LAGM Tables C.5-C.6 on Face-34"),
+    ("ganorcon", "datasetgan", "GANORCON Table 1 (CONV + distill)"),
+    ("datasetgan", "supervised", "DatasetGAN / LAGM Table 1"),
+]
+# DatasetGAN's ablations on ADE-Car-12 (16 annotated images), mIoU %.
+DATASETGAN_SET_SIZE = {3000: "43.34", 5000: "44.37", 10000: "44.60", 20000: "45.04"}  # Table 3
+DATASETGAN_FILTER_RATIO = {0.0: "44.60", 0.05: "44.89", 0.10: "45.64", 0.20: "45.18"}  # Table 4

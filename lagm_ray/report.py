@@ -82,6 +82,76 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+SEED_KEY = "run.seed"
+SPREAD_COLUMNS = ("test FG-mIoU", "test mIoU", "annotator mIoU vs truth", "s/step")
+
+
+def seed_summary(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each setting (the other swept keys): one row per
+    setting with ``<metric>`` and ``<metric> std`` columns and the number of seeds. Empty when the
+    sweep does not repeat settings over ``run.seed``."""
+    keys = [k for k in swept if k != SEED_KEY]
+    if SEED_KEY not in swept or not keys or df.empty:
+        return pd.DataFrame()
+    cols = [c for c in SPREAD_COLUMNS if c in df and df[c].notna().any()]
+    g = df.groupby(keys, sort=False, dropna=False)
+    out = g[cols].mean()
+    std = g[cols].std(ddof=1)  # sample std over seeds, as the papers' "± std"
+    for c in cols:
+        out[f"{c} std"] = std[c]
+    out["seeds"] = g.size()
+    out = out.reset_index()
+    return out[keys + [x for c in cols for x in (c, f"{c} std")] + ["seeds"]]
+
+
+def seed_summary_markdown(summary: pd.DataFrame) -> str:
+    """``mean ± std`` cells (percent for the mIoU columns)."""
+    metric_cols = [c for c in summary.columns if c in SPREAD_COLUMNS]
+    keys = [c for c in summary.columns if c not in metric_cols and not c.endswith(" std") and c != "seeds"]
+    head = keys + metric_cols + ["seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in summary.iterrows():
+        cells = [str(r[k]) for k in keys]
+        for c in metric_cols:
+            m, sd = r[c], r[f"{c} std"]
+            scale, fmt = (100, ".1f") if c in PERCENT else (1, ".3g")
+            cell = "" if pd.isna(m) else f"{scale * m:{fmt}}"
+            if cell and not pd.isna(sd):
+                cell += f" ± {scale * sd:{fmt}}"
+            cells.append(cell)
+        cells.append(str(int(r["seeds"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_seed_bars(summary: pd.DataFrame, path: Path, title: str = "") -> None:
+    """Bars of mean test FG-mIoU (and the annotator against true masks) per setting, error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [c for c in summary.columns if c not in SPREAD_COLUMNS and not c.endswith(" std") and c != "seeds"]
+    labels = [", ".join(str(r[k]) for k in keys) for _, r in summary.iterrows()]
+    bars = [c for c in ("test FG-mIoU", "test mIoU", "annotator mIoU vs truth") if c in summary]
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(bars))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 3.8))
+    for i, c in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, 100 * summary[c].fillna(0), width,
+               yerr=100 * summary[f"{c} std"].fillna(0), capsize=3, label=c, alpha=0.85)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("% (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
 def plot(df: pd.DataFrame, swept: list[str], path: Path, title: str = "") -> None:
     """One panel per swept key: value against validation and test FG-mIoU (mean and every trial)."""
     import matplotlib
@@ -149,6 +219,16 @@ def write_report(parent_run_id: str, uri: str | None = None, out_dir: str | Path
     if not df.empty:
         with atomic_path(paths["plot"]) as p:
             plot(df, swept, Path(p), title=f"{parent.info.run_name} ({len(df)} trials; searched on {metric})")
+    by_seed = seed_summary(df, swept)
+    if not by_seed.empty:  # settings repeated over seeds: mean ± std per setting, and bars
+        paths.update({"seed_csv": out / "summary_over_seeds.csv", "seed_markdown": out / "summary_over_seeds.md",
+                      "seed_plot": out / "summary_over_seeds.png"})
+        with atomic_path(paths["seed_csv"]) as p:
+            by_seed.to_csv(p, index=False)
+        with atomic_path(paths["seed_markdown"]) as p:
+            Path(p).write_text(seed_summary_markdown(by_seed))
+        with atomic_path(paths["seed_plot"]) as p:
+            plot_seed_bars(by_seed, Path(p), title=f"{parent.info.run_name}: mean ± std over seeds")
     if log:
         for p in paths.values():
             if p.exists():

@@ -81,6 +81,14 @@ class SweepSpec:
     def swept_keys(self) -> list[str]:
         return list(self.space)
 
+    def set_grid(self, key: str, values: list[Any]) -> None:
+        """Replace (or add) ``key``'s domain by a grid, each value validated like the file's."""
+        if not values:
+            raise ConfigError(f"{self.source}: {key}: an empty grid")
+        for v in values:
+            self.trial_config({key: v})
+        self.space[key] = Domain("grid", list(values))
+
 
 def _resolve_base(base: str, spec_path: Path | None) -> Path:
     if base.endswith((".yaml", ".yml")) or "/" in base:

@@ -1,0 +1,53 @@
+"""Sweep summaries over seeds: mean and sample std per setting, by hand."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from lagm_ray.config import ConfigError
+from lagm_ray.experiment import SEARCH_SPACES
+from lagm_ray.report import plot_seed_bars, seed_summary, seed_summary_markdown
+from lagm_ray.sweep_spec import load_sweep
+
+
+def trials():
+    return pd.DataFrame({
+        "train.method": ["lagm", "lagm", "lagm", "supervised", "supervised", "supervised"],
+        "run.seed": [0, 1, 2, 0, 1, 2],
+        "test FG-mIoU": [0.50, 0.60, 0.70, 0.40, 0.40, 0.46],
+        "annotator mIoU vs truth": [0.8, 0.9, 1.0, float("nan"), float("nan"), float("nan")],
+    })
+
+
+def test_seed_summary_is_mean_and_sample_std_per_setting():
+    s = seed_summary(trials(), ["run.seed", "train.method"]).set_index("train.method")
+    assert s.loc["lagm", "test FG-mIoU"] == pytest.approx(0.60)
+    assert s.loc["lagm", "test FG-mIoU std"] == pytest.approx(0.10)  # sqrt(((.1)^2+0+(.1)^2)/2)
+    assert s.loc["supervised", "test FG-mIoU"] == pytest.approx(0.42)
+    assert s.loc["supervised", "test FG-mIoU std"] == pytest.approx(math.sqrt((0.02**2 * 2 + 0.04**2) / 2))
+    assert math.isnan(s.loc["supervised", "annotator mIoU vs truth"])
+    assert list(s["seeds"]) == [3, 3]
+    md = seed_summary_markdown(s.reset_index())
+    assert "| lagm | 60.0 ± 10.0 | 90.0 ± 10.0 | 3 |" in md
+
+
+def test_no_seed_summary_without_repeated_seeds():
+    assert seed_summary(trials(), ["train.method"]).empty
+    assert seed_summary(trials(), ["run.seed"]).empty
+
+
+def test_seed_bars_plot(tmp_path):
+    plot_seed_bars(seed_summary(trials(), ["run.seed", "train.method"]), tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_methods_sweep_is_every_method_over_three_seeds():
+    spec = load_sweep(SEARCH_SPACES / "compare_methods.yaml", quick=True)
+    assert set(spec.space["train.method"].values) >= {"lagm", "supervised", "pseudo_label", "inversion", "maml",
+                                                      "datasetgan", "repurposegan", "ganorcon", "layermatch"}
+    assert spec.space["run.seed"].values == [0, 1, 2]
+    spec.set_grid("train.method", ["lagm", "supervised"])
+    assert spec.space["train.method"].values == ["lagm", "supervised"]
+    with pytest.raises(ConfigError, match="train.method"):
+        spec.set_grid("train.method", ["lagm", "no_such_method"])
