@@ -80,6 +80,9 @@ REAL_DATASETS = {
     "celebamask_hq": "lagm_ray.data.celebamask",
     "pascal_horse": "lagm_ray.data.pascal_part:HORSE",
     "pascal_aeroplane": "lagm_ray.data.pascal_part:AEROPLANE",
+    "datasetgan_car20": "lagm_ray.data.datasetgan_sets:CAR20",
+    "datasetgan_cat16": "lagm_ray.data.datasetgan_sets:CAT16",
+    "datasetgan_face34": "lagm_ray.data.datasetgan_sets:FACE34",
 }
 
 
