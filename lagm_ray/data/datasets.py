@@ -83,6 +83,7 @@ REAL_DATASETS = {
     "datasetgan_car20": "lagm_ray.data.datasetgan_sets:CAR20",
     "datasetgan_cat16": "lagm_ray.data.datasetgan_sets:CAT16",
     "datasetgan_face34": "lagm_ray.data.datasetgan_sets:FACE34",
+    "cgpart_car": "lagm_ray.data.cgpart",
 }
 
 
