@@ -43,6 +43,13 @@ class DataConfig:
     seg_resolution: int | None = None  # segmentor input resolution (Table C.9); None = resolution
     num_val: int = 100
     num_test: int = 200
+    # Folder of unlabelled real images (jpg/png/webp, flat or nested), e.g. LSUN horse/airplane exported
+    # for Pascal-Horse / Pascal-Aeroplane; None = the dataset has no unlabelled set here.
+    unlabelled_root: str | None = None
+    # DatasetGAN sets (Car-20, Cat-16, Face-34): the test images are split into cv_folds folds; fold
+    # cv_fold is the validation set and the other folds the test set (sweep cv_fold for Table 1).
+    cv_folds: int = 5
+    cv_fold: int = 0
 
 
 @dataclass

@@ -75,8 +75,15 @@ def load_labelled_splits(data: DataConfig) -> LabelledSplits:
 #   load_splits(data: DataConfig, size: int) -> LabelledSplits     (labelled train / val / test)
 #   check(root, limit: int | None = None) -> files.DataReport        (for `lagm data check`)
 # and, where the dataset has them, load_unlabelled(data: DataConfig, size: int, n: int) -> Tensor.
+# "module:attr" names an object with that interface inside a module that serves several datasets.
 REAL_DATASETS = {
     "celebamask_hq": "lagm_ray.data.celebamask",
+    "pascal_horse": "lagm_ray.data.pascal_part:HORSE",
+    "pascal_aeroplane": "lagm_ray.data.pascal_part:AEROPLANE",
+    "datasetgan_car20": "lagm_ray.data.datasetgan_sets:CAR20",
+    "datasetgan_cat16": "lagm_ray.data.datasetgan_sets:CAT16",
+    "datasetgan_face34": "lagm_ray.data.datasetgan_sets:FACE34",
+    "cgpart_car": "lagm_ray.data.cgpart",
 }
 
 
@@ -91,4 +98,6 @@ def real_dataset_module(name: str):
     key = canonical_dataset_name(name)
     if key not in REAL_DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: embedded, {', '.join(REAL_DATASETS)}")
-    return importlib.import_module(REAL_DATASETS[key])
+    module_name, _, attr = REAL_DATASETS[key].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
