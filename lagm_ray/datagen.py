@@ -185,7 +185,7 @@ def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = N
     if fmt not in (BEST_FORMAT, CHECKPOINT_FORMAT):
         raise ValueError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected a run's best.pt")
     if state.get("annotator") is None:
-        raise ValueError(f"{path}: holds no annotator (train.method was not lagm)")
+        raise ValueError(f"{path}: holds no annotator (its train.method learns none)")
     try:
         cfg = from_dict(state["config"], source=f"{path} (stored config)")
     except ConfigError as e:
@@ -237,7 +237,7 @@ class Labeller:
 
     def __init__(self, info: AnnotatorInfo, device: torch.device | str = "cpu"):
         from .config import from_dict
-        from .models.annotator import FPNAnnotator
+        from .methods import trainer_class
 
         self.info = info
         self.device = torch.device(device)
@@ -255,8 +255,12 @@ class Labeller:
         self.source = SyntheticSource.from_spec(spec, self.device, truncation_psi=info.truncation_psi,
                                                 truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode)
         self.feature_index = feature_index(self.source.G.block_resolutions, cfg.annotator.feature_resolutions)
-        channels = [self.source.feature_channels()[i] for i in self.feature_index]
-        self.annotator: nn.Module = FPNAnnotator(channels, info.num_classes, cfg.annotator.width)
+        annotator = trainer_class(cfg.train.method).new_annotator(cfg, self.source, self.feature_index,
+                                                                   info.num_classes)
+        if annotator is None:
+            raise DatasetError(f"{info.path}: train.method {cfg.train.method!r} learns no annotator of generated "
+                               "images, so there is nothing to generate a dataset with")
+        self.annotator: nn.Module = annotator
         try:
             self.annotator.load_state_dict(load_checkpoint(info.path)["annotator"])
         except RuntimeError as e:

@@ -68,7 +68,7 @@ def make_optimizer(params: Iterable[nn.Parameter], o) -> torch.optim.Optimizer:
 
 class Trainer:
     """LAGM and supervised-only. Subclasses (the baselines) keep the loop, evaluation, checkpoints and
-    callbacks, and override the hooks: ``METHODS``, ``uses_generator``, ``build``, ``method_step``,
+    callbacks, and override the hooks: ``METHODS``, ``uses_generator``, ``new_annotator``, ``build``, ``method_step``,
     ``total_steps``, ``method_state`` / ``load_method_state``. A subclass that labels generated images
     sets ``self.annotator`` (features -> logits) and ``self.feature_index``, and gets the annotator-vs-truth
     metrics, the pictures and the downstream protocol for free."""
@@ -105,6 +105,12 @@ class Trainer:
             self.source = source or self._load_source()
             self.feature_index = self._feature_index(cfg.annotator.feature_resolutions)
 
+        self.annotator: nn.Module | None = None  # generator features -> logits, when the method has one
+        if self.uses_generator:
+            # built before the segmentor: the order fixes what the seeded RNG gives each network
+            self.annotator = self.new_annotator(cfg, self.source, self.feature_index, self.num_classes)
+            if self.annotator is not None:
+                self.annotator.to(self.device)
         self.segmentor = self.new_segmentor()
         try:
             self.matched = select_matched_parameters(self.segmentor, t.matched_blocks)
@@ -113,7 +119,6 @@ class Trainer:
         self.matched_params = [p for _, p in self.matched]
         self.opt_s = make_optimizer(self.segmentor.parameters(), t.segmentor_optim)
 
-        self.annotator: nn.Module | None = None  # generator features -> logits, when the method has one
         self.opt_a: torch.optim.Optimizer | None = None
         self.build()
         self.step = 0
@@ -131,11 +136,20 @@ class Trainer:
     def total_steps(self) -> int:
         return self.cfg.train.steps
 
+    @classmethod
+    def new_annotator(cls, cfg: Config, source: SyntheticSource, feature_index: Sequence[int],
+                      num_classes: int) -> nn.Module | None:
+        """The method's annotator (generator features -> logits), untrained; None if it has none.
+        `lagm generate` rebuilds a run's annotator through this before loading its weights."""
+        if cfg.train.method != "lagm":
+            return None
+        channels = [source.feature_channels()[i] for i in feature_index]
+        return FPNAnnotator(channels, num_classes, cfg.annotator.width)
+
     def build(self) -> None:
-        """The method's own networks and optimisers (here: LAGM's FPN annotator)."""
-        if self.is_lagm:
-            channels = [self.source.feature_channels()[i] for i in self.feature_index]
-            self.annotator = FPNAnnotator(channels, self.num_classes, self.cfg.annotator.width).to(self.device)
+        """The method's other networks and its optimisers, after the annotator (``new_annotator``) and
+        the segmentor exist. LAGM: the annotator's optimiser."""
+        if self.annotator is not None:
             self.opt_a = make_optimizer(self.annotator.parameters(), self.cfg.train.annotator_optim)
 
     def method_step(self) -> dict[str, float]:

@@ -222,8 +222,15 @@ def test_killed_run_resumes(tmp_path):
 def test_errors_name_the_file(dataset, tiny_run, tmp_path):
     out = copy(dataset, tmp_path)
     shard1, shard2 = out / "shard-00001.parquet", out / "shard-00002.parquet"
+    # one flipped byte in the middle of the largest column chunk (the images): inside a data page whatever
+    # else the shard's layout holds, so only the page checksum can catch it
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(shard1).metadata
+    chunks = [meta.row_group(0).column(i) for i in range(meta.num_columns)]
+    big = max(chunks, key=lambda c: c.total_compressed_size)
     data = bytearray(shard1.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a data page
+    data[big.data_page_offset + big.total_compressed_size // 2] ^= 0xFF
     shard1.write_bytes(bytes(data))
     with pytest.raises(dg.DatasetError, match=r"shard-00001\.parquet: sha256 differs .* corrupt"):
         dg.open_dataset(out)
