@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lagm_ray.io import CheckpointError
+from lagm_ray.io import CheckpointError, sha256_file
 from lagm_ray.models.nvlabs_import import (EasyDict, PersistentRecord, UnsafePickleError, import_generator,
                                            load_network_pickle)
 from lagm_ray.synthetic import SyntheticSource, load_generator
@@ -88,7 +88,7 @@ def test_cli_import_generator_writes_a_checkpoint_with_the_same_images(tmp_path,
     assert out.is_file() and not list(out.parent.glob(".*tmp*"))
     G, meta = load_generator(out)
     assert meta["category"] == "faces" and meta["class_names"] == ["bg", "eye", "mouth"]
-    assert meta["source"] == "nvlabs"
+    assert meta["source"] == "nvlabs" and meta["imported_sha256"] == sha256_file(PKL)
     assert_matches_nvlabs(G, ref)
 
 
@@ -108,7 +108,7 @@ def test_cli_truncated_pickle_is_a_clear_error(tmp_path):
 def test_truncated_or_empty_pickle_names_the_file(tmp_path, cut):
     bad = tmp_path / "cut.pkl"
     data = PKL.read_bytes()
-    bad.write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    bad.write_bytes(data[:cut])
     with pytest.raises(CheckpointError, match=r"cut\.pkl: not a readable NVlabs network pickle"):
         load_generator(bad)
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..io import CheckpointError
+from ..io import CheckpointError, sha256_file
 from .generator import Generator
 
 try:  # numpy >= 2 pickles scalars as numpy._core.multiarray.scalar, numpy 1 as numpy.core.multiarray.scalar
@@ -280,7 +280,8 @@ def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any], dict[
     """(generator, init kwargs, meta) from an NVlabs pickle: a snapshot dict, ``{'G_ema': ...}`` or a network."""
     obj = load_network_pickle(path)
     G, init_kwargs = generator_from_record(find_generator_record(obj, path), path)
-    meta: dict[str, Any] = {"source": "nvlabs", "imported_from": str(path), "resolution": G.img_resolution}
+    meta: dict[str, Any] = {"source": "nvlabs", "imported_from": str(path), "imported_sha256": sha256_file(path),
+                            "resolution": G.img_resolution}
     if isinstance(obj, dict) and isinstance(obj.get("training_set_kwargs"), dict):
         kept = {k: v for k, v in _plain(obj["training_set_kwargs"]).items()
                 if v is None or isinstance(v, (bool, int, float, str))}
