@@ -154,6 +154,28 @@ def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> di
     return metrics
 
 
+@app.command("import-generator")
+def import_generator_cmd(pkl: Path = typer.Argument(..., help="An NVlabs stylegan2-ada-pytorch network pickle."),
+                         out: Path = typer.Option(..., "--out", "-o", help="The generator checkpoint (.pt) to write."),
+                         category: Optional[str] = typer.Option(None, help="Category name stored in the meta."),
+                         class_names: Optional[str] = typer.Option(
+                             None, help="Comma-separated part classes, background first, e.g. bg,eye,mouth.")):
+    """Convert an NVlabs network pickle's G_ema to a lagm_ray generator checkpoint, without running any
+    code from the pickle (only whitelisted tensor and container types are read)."""
+    from .io import CheckpointError, save_checkpoint
+    from .synthetic import import_nvlabs_checkpoint
+
+    names = [n.strip() for n in class_names.split(",") if n.strip()] if class_names else None
+    try:
+        ckpt = import_nvlabs_checkpoint(pkl, category=category, class_names=names)
+    except (CheckpointError, FileNotFoundError) as e:
+        fail(str(e))
+    save_checkpoint(ckpt, out)
+    kw = ckpt["init_kwargs"]
+    console.print(f"wrote {out}: {kw['img_resolution']} px StyleGAN2, z_dim {kw['z_dim']}, "
+                  f"{len(ckpt['state_dict'])} tensors from {pkl}")
+
+
 @app.command()
 def render(category: str = typer.Option("faces"), n: int = typer.Option(8), resolution: int = typer.Option(64),
            out: Path = typer.Option(Path("world.png")), generated: bool = typer.Option(

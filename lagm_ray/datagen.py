@@ -53,7 +53,7 @@ from . import __version__
 from .data.datasets import resize_labels
 from .evaluation import feature_index, feature_select, to_size
 from .io import atomic_path, atomic_write_text, code_version, load_checkpoint, sha256_file
-from .synthetic import SyntheticSource, resolve_generator_path
+from .synthetic import SyntheticSource, generator_meta, resolve_generator_path
 
 DATASET_FORMAT = "lagm_ray.dataset/v1"
 MANIFEST = "_manifest.json"
@@ -194,7 +194,7 @@ def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = N
     gen_path = resolve_generator_path(g.checkpoint)
     if not gen_path.is_file():
         raise FileNotFoundError(f"{path}: its generator {g.checkpoint} is not found at {gen_path}")
-    meta = load_checkpoint(gen_path).get("meta", {})
+    meta = generator_meta(gen_path)
     class_names = state.get("class_names") or meta.get("class_names")
     if not class_names:
         raise ValueError(f"{path}: no class names in the checkpoint or its generator {gen_path}")

@@ -8,7 +8,9 @@ Generator checkpoints are plain dicts loaded with ``weights_only=True``::
 For the embedded world the latent *is* the scene: the renderer's parameters are
 ``normal_cdf(z[:, :P])``, so every generated image has an exact true mask (the render of those
 parameters), which no real GAN can offer. ``embedded:<category>`` names the toy generators shipped
-in ``lagm_ray/assets``.
+in ``lagm_ray/assets``. A ``.pkl`` path is an NVlabs stylegan2-ada-pytorch network pickle, read by
+:mod:`lagm_ray.models.nvlabs_import` (which never runs code from the pickle); ``lagm import-generator``
+converts one to the format above once, with a category and class names in its meta.
 """
 
 from __future__ import annotations
@@ -42,15 +44,42 @@ def latent_to_params(z: torch.Tensor, num_params: int) -> torch.Tensor:
     return p.float().clamp(0.0, 1.0 - 1e-6)
 
 
-def load_generator(spec: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
+def is_nvlabs_pickle(path: str | Path) -> bool:
+    return Path(path).suffix == ".pkl"
+
+
+def import_nvlabs_checkpoint(pkl: str | Path, category: str | None = None,
+                             class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """An NVlabs pickle's G_ema as a generator checkpoint dict (``GENERATOR_FORMAT``)."""
+    from .models.nvlabs_import import import_generator
+
+    G, init_kwargs, meta = import_generator(pkl)
+    if category is not None:
+        meta["category"] = category
+    if class_names is not None:
+        meta["class_names"] = list(class_names)
+    return {"format": GENERATOR_FORMAT, "init_kwargs": init_kwargs, "state_dict": G.state_dict(), "meta": meta}
+
+
+def read_generator_checkpoint(spec: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(path, checkpoint dict) of a generator spec: ``embedded:<category>``, a .pt or an NVlabs .pkl."""
     path = resolve_generator_path(str(spec))
     if not path.exists():
         hint = " (train it with `lagm train-generator`)" if str(spec).startswith("embedded:") else ""
         raise FileNotFoundError(f"generator checkpoint not found: {path}{hint}")
-    ckpt = load_checkpoint(path)
+    ckpt = import_nvlabs_checkpoint(path) if is_nvlabs_pickle(path) else load_checkpoint(path)
     if ckpt.get("format") != GENERATOR_FORMAT:
         raise ValueError(f"{path}: not a lagm_ray generator checkpoint (format {ckpt.get('format')!r}); "
-                         "NVlabs pickles are imported with `lagm import-generator`")
+                         "NVlabs pickles are read from a .pkl path or converted with `lagm import-generator`")
+    return path, ckpt
+
+
+def generator_meta(spec: str | Path) -> dict[str, Any]:
+    return dict(read_generator_checkpoint(spec)[1].get("meta", {}))
+
+
+def load_generator(spec: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
+    _, ckpt = read_generator_checkpoint(spec)
     G = Generator(**ckpt["init_kwargs"])
     G.load_state_dict(ckpt["state_dict"], strict=True)
     G.eval().requires_grad_(False).to(device)

@@ -1,0 +1,246 @@
+"""NVlabs stylegan2-ada-pytorch pickles: outputs equal NVlabs' own, and nothing in a pickle ever runs.
+
+The fixture (tests/fixtures/nvlabs) was made by make_reference.py with NVlabs' code, outside the project.
+"""
+
+import pickle
+import pickletools
+import shutil
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lagm_ray.io import CheckpointError, sha256_file
+from lagm_ray.models.nvlabs_import import (EasyDict, PersistentRecord, UnsafePickleError, import_generator,
+                                           load_network_pickle)
+from lagm_ray.synthetic import SyntheticSource, load_generator
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nvlabs"
+PKL = FIXTURE / "network-snapshot-000000.pkl"
+TOL = 1e-4  # measured: 1.9e-6 (NVlabs' fused modconv vs our un-fused one)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return torch.load(FIXTURE / "reference.pt", weights_only=True)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def assert_matches_nvlabs(G, ref) -> None:
+    for psi in (1.0, 0.7):
+        assert max_diff(G.mapping(ref["z"], None, truncation_psi=psi), ref[f"ws_psi{psi}"]) < TOL
+        img = G(ref["z"], None, truncation_psi=psi, noise_mode="const")
+        assert max_diff(img, ref[f"img_psi{psi}"]) < TOL, psi
+
+
+def test_fixture_matches_nvlabs_images_ws_and_features(ref):
+    G, init_kwargs, meta = import_generator(PKL)
+    assert_matches_nvlabs(G, ref)
+    assert init_kwargs["conv_clamp"] == 2.0 and init_kwargs["num_fp16_res"] == 2
+    assert meta["resolution"] == 32 and meta["training_set_kwargs"]["resolution"] == 32
+    with torch.no_grad():
+        img, features = G(ref["z"], None, truncation_psi=0.7, noise_mode="const", return_features=True)
+    # The features LAGM's annotator reads are exactly NVlabs' synthesis block outputs.
+    assert len(features) == len(ref["features_psi0.7"]) == len(G.block_resolutions)
+    for res, ch, ours, theirs in zip(G.block_resolutions, G.feature_channels(), features, ref["features_psi0.7"]):
+        assert ours.shape == (3, ch, res, res)
+        assert max_diff(ours, theirs) < TOL
+    # conv_clamp=2 bites in the fixture, so clamping is exercised too.
+    assert any((f.abs() >= 2.0 - 1e-6).any() for f in features)
+
+
+def test_snapshot_is_read_as_inert_records():
+    snap = load_network_pickle(PKL)
+    assert set(snap) == {"training_set_kwargs", "G", "D", "G_ema", "augment_pipe"}
+    for name, cls in (("G", "Generator"), ("D", "Discriminator"), ("G_ema", "Generator"),
+                      ("augment_pipe", "AugmentPipe")):
+        assert isinstance(snap[name], PersistentRecord) and snap[name].class_name == cls
+    assert isinstance(snap["G_ema"].init_kwargs["synthesis_kwargs"], EasyDict)
+    assert len(snap["G_ema"].module_src_sha256) == 64
+    assert "dnnlib" not in sys.modules and "torch_utils" not in sys.modules
+
+
+def test_synthetic_source_reads_the_pkl_directly(ref):
+    source = SyntheticSource.from_spec(str(PKL))
+    assert source.resolution == 32 and source.class_names is None and not source.has_true_masks
+    batch = source.sample(3, z=ref["z"])
+    assert max_diff(batch.images, ref["img_psi1.0"].clamp(-1, 1)) < TOL
+    assert [f.shape[1] for f in batch.features] == source.feature_channels()
+
+
+def test_cli_import_generator_writes_a_checkpoint_with_the_same_images(tmp_path, ref):
+    from lagm_ray.cli import app
+
+    out = tmp_path / "weights" / "G.pt"
+    result = CliRunner().invoke(app, ["import-generator", str(PKL), "--out", str(out), "--category", "faces",
+                                      "--class-names", "bg, eye,mouth"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and not list(out.parent.glob(".*tmp*"))
+    G, meta = load_generator(out)
+    assert meta["category"] == "faces" and meta["class_names"] == ["bg", "eye", "mouth"]
+    assert meta["source"] == "nvlabs" and meta["imported_sha256"] == sha256_file(PKL)
+    assert_matches_nvlabs(G, ref)
+
+
+def test_cli_truncated_pickle_is_a_clear_error(tmp_path):
+    from lagm_ray.cli import app
+
+    bad = tmp_path / "network-snapshot-000001.pkl"
+    bad.write_bytes(PKL.read_bytes()[: PKL.stat().st_size // 2])
+    result = CliRunner().invoke(app, ["import-generator", str(bad), "--out", str(tmp_path / "G.pt")])
+    assert result.exit_code == 2
+    output = "".join(result.output.split())  # rich wraps long lines
+    assert "truncatedorcorrupt" in output and "network-snapshot-000001.pkl" in output
+    assert not (tmp_path / "G.pt").exists()
+
+
+@pytest.mark.parametrize("cut", [0, 10, 5000, -100])
+def test_truncated_or_empty_pickle_names_the_file(tmp_path, cut):
+    bad = tmp_path / "cut.pkl"
+    data = PKL.read_bytes()
+    bad.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError, match=r"cut\.pkl: not a readable NVlabs network pickle"):
+        load_generator(bad)
+
+
+# ----------------------------------------------------------------------------------- hostile pickles
+
+
+def refused(path: Path, name: str) -> str:
+    with pytest.raises(UnsafePickleError) as e:
+        load_generator(path)
+    assert str(path) in str(e.value) and f"refused global {name}" in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("module,name", [("os", "system"), ("posix", "system"), ("builtins", "exec"),
+                                         ("builtins", "eval"), ("subprocess", "call")])
+def test_reduce_to_code_is_refused_and_runs_nothing(tmp_path, module, name):
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').close()"
+    arg = f"touch {marker}" if name in ("system", "call") else code
+    path = tmp_path / "evil.pkl"
+    # GLOBAL + REDUCE, written by hand: what `pickle.dumps` of any object with a hostile __reduce__ produces.
+    path.write_bytes(b"\x80\x02" + f"c{module}\n{name}\n".encode() + b"(" + pickle.dumps(arg, protocol=2)[2:-1]
+                     + b"tR.")
+    ops = [op.name for op, _, _ in pickletools.genops(path.read_bytes())]
+    assert ops[1:] == ["GLOBAL", "MARK", "BINUNICODE", "BINPUT", "TUPLE", "REDUCE", "STOP"]  # a well-formed call
+    refused(path, f"{module}.{name}")
+    assert not marker.exists()
+
+
+def test_a_global_is_never_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "lagm_evil_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef boom(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(b"clagm_evil_mod\nboom\n(tR.")
+    refused(path, "lagm_evil_mod.boom")
+    assert not marker.exists() and "lagm_evil_mod" not in sys.modules
+
+
+@pytest.fixture
+def persistence(monkeypatch):
+    """A stand-in ``torch_utils.persistence`` so the tests can write NVlabs-style records without NVlabs."""
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("never called: only its name is pickled")
+
+    pkg, mod = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
+    _reconstruct_persistent_obj.__module__ = mod.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    mod._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    pkg.persistence = mod
+    monkeypatch.setitem(sys.modules, "torch_utils", pkg)
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", mod)
+    return _reconstruct_persistent_obj
+
+
+def dump_records(obj, path: Path, reconstruct, module_src: str = "") -> None:
+    """Pickle records as torch_utils.persistence does: a call of _reconstruct_persistent_obj(meta)."""
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, o):
+            if isinstance(o, PersistentRecord):
+                return reconstruct, (dict(type="class", version=o.version, module_src=module_src,
+                                          class_name=o.class_name, state=o.state),)
+            if isinstance(o, EasyDict):  # as an OrderedDict: there is no dnnlib here to name
+                return OrderedDict, (), None, None, iter(o.items())
+            return NotImplemented
+
+    with open(path, "wb") as f:
+        Pickler(f, protocol=4).dump(obj)
+
+
+def test_record_source_is_never_executed(tmp_path, persistence, ref):
+    marker = tmp_path / "pwned"
+    evil_src = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass Generator: pass\n"
+    snap = load_network_pickle(PKL)
+    expected = import_generator(PKL)[0].state_dict()
+    # Whole snapshot, only G_ema, and a bare network: all load from the records' state alone.
+    for i, obj in enumerate([snap, {"G_ema": snap["G_ema"]}, snap["G_ema"]]):
+        path = tmp_path / f"src{i}.pkl"
+        dump_records(obj, path, persistence, module_src=evil_src)
+        G, _, _ = import_generator(path)
+        assert all(torch.equal(v, expected[k]) for k, v in G.state_dict().items())
+    assert_matches_nvlabs(G, ref)
+    assert not marker.exists()
+
+
+def test_record_with_a_hostile_global_in_its_state_is_refused(tmp_path, persistence):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').close()",)
+
+    g = load_network_pickle(PKL)["G_ema"]
+    g.state["_hook"] = Payload()
+    path = tmp_path / "evil.pkl"
+    dump_records({"G_ema": g}, path, persistence, module_src=f"open({str(marker)!r}, 'w').close()")
+    refused(path, "builtins.exec")
+    assert not marker.exists()
+
+
+def test_unsupported_option_is_a_clear_error(tmp_path, persistence):
+    g = load_network_pickle(PKL)["G_ema"]
+    g.state["_init_kwargs"]["synthesis_kwargs"]["architecture"] = "resnet"
+    g.state["_init_kwargs"]["mapping_kwargs"]["activation"] = "relu"
+    path = tmp_path / "resnet.pkl"
+    dump_records({"G_ema": g}, path, persistence)
+    with pytest.raises(CheckpointError) as e:
+        load_generator(path)
+    msg = str(e.value)
+    assert str(path) in msg and "architecture='resnet'" in msg and "mapping_kwargs.activation='relu'" in msg
+
+
+def test_missing_and_unexpected_tensors_are_listed(tmp_path, persistence):
+    g = load_network_pickle(PKL)["G_ema"]
+    b8 = g.state["_modules"]["synthesis"].state["_modules"]["b8"]
+    conv1 = b8.state["_modules"]["conv1"]
+    conv1.state["_parameters"]["extra"] = conv1.state["_parameters"].pop("noise_strength")
+    path = tmp_path / "renamed.pkl"
+    dump_records(g, path, persistence)
+    with pytest.raises(CheckpointError, match=r"missing \['synthesis\.b8\.conv1\.noise_strength'\], "
+                                              r"unexpected \['synthesis\.b8\.conv1\.extra'\]"):
+        import_generator(path)
+
+
+def test_not_a_generator_is_a_clear_error(tmp_path, persistence):
+    snap = load_network_pickle(PKL)
+    for obj, match in ((snap["D"], "is a Discriminator, not an NVlabs StyleGAN2 Generator"),
+                       ({"G": snap["G"]}, r"no generator found: .*\['G'\]")):
+        path = tmp_path / "x.pkl"
+        dump_records(obj, path, persistence)
+        with pytest.raises(CheckpointError, match=match):
+            import_generator(path)
+    shutil.copy(PKL, tmp_path / "copy.pkl")  # and the original still imports after all that
+    import_generator(tmp_path / "copy.pkl")
