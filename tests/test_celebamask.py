@@ -255,3 +255,52 @@ def test_real_release_sizes_are_not_an_error(tmp_path):
     for part in PARTS:
         write_mask(tmp_path, 28001, part, part_mask(part))
     np.testing.assert_array_equal(celebamask.read_sample(tmp_path, 28001)[1], expected_map())
+
+
+# ---------------------------------------------------------------------------------------------
+# `lagm data check` through the real CLI
+
+
+def lagm(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "lagm_ray.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_data_check_clean_tree(clean_tree, tmp_path):
+    out = lagm(["data", "check", str(clean_tree), "--dataset", "celebamask-hq", "--limit", "3",
+                "--out", str(tmp_path / "pics")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "9 images checked, 0 problem(s)" in out.stdout
+    for name in CLASS_NAMES:
+        assert name in out.stdout
+    png = tmp_path / "pics" / "check_celebamask_hq.png"
+    assert png.stat().st_size > 1000
+    with Image.open(png) as im:
+        assert im.width > 3 * 128 and im.height > 8 * 128  # 8 rows of image | mask | overlay tiles
+
+
+def test_data_check_lists_every_problem(tree, tmp_path):
+    broken = [BREAKS[c](tree) for c in ("truncated jpg", "mask with unknown value")]
+    image_path(tree, 27501).unlink()
+    broken.append(image_path(tree, 27501))
+    broken.append(write_mask(tree, 29502, "nose", part_mask("nose", 8)))  # disagrees with its 16 px skin
+    for p in PARTS:  # test image 29500: every mask 12 px for a 32 px image
+        write_mask(tree, 29500, p, part_mask(p, 12))
+    broken.append(mask_path(tree, 29500, "skin"))  # named: the first mask of the image
+    out = lagm(["data", "check", str(tree), "--dataset", "celebamask_hq", "--limit", "3", "--out", str(tmp_path)])
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    start = lines.index(f"{len(broken)} problem(s):")
+    problems = lines[start + 1:]
+    assert len(problems) == len(broken), out.stdout
+    for path in broken:
+        assert any(line.startswith(str(path)) for line in problems), (path, problems)
+    assert (tmp_path / "check_celebamask_hq.png").exists()  # the readable samples are still drawn
+
+
+def test_data_check_unknown_dataset_and_missing_root(tmp_path):
+    out = lagm(["data", "check", str(tmp_path), "--dataset", "no-such-set"])
+    assert out.returncode == 2 and "unknown dataset" in out.stdout
+    out = lagm(["data", "check", str(tmp_path / "absent"), "--dataset", "celebamask-hq"])
+    assert out.returncode == 1 and f"{tmp_path / 'absent'}: dataset root is not a directory" in out.stdout
