@@ -304,3 +304,43 @@ def test_data_check_unknown_dataset_and_missing_root(tmp_path):
     assert out.returncode == 2 and "unknown dataset" in out.stdout
     out = lagm(["data", "check", str(tmp_path / "absent"), "--dataset", "celebamask-hq"])
     assert out.returncode == 1 and f"{tmp_path / 'absent'}: dataset root is not a directory" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments/label_counts.py on the tree
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray in the script
+    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=uri, LAGM_STORAGE_PATH=str(tmp_path / "ray"))
+    cmd = [sys.executable, str(ROOT / "experiments" / "label_counts.py"), "--dataset", "celebamask-hq",
+           "--root", str(clean_tree), "--quick", "--labels", "2,3", "--steps", "2",
+           "--set", "train.eval_interval=2", "--set", "data.num_val=3", "--set", "data.num_test=3",
+           "--set", "eval.num_annotator_samples=2", "--set", f"run.output_dir={tmp_path / 'runs'}"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "2 trials (0 failed)" in out.stdout, out.stdout[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id],
+                                   "tags.`lagm.role` = 'sweep'")
+    assert parent.data.tags["lagm.sweep"] == "label_counts_celebamask-quick-labels2-3"
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(int(r.data.params["data.num_labelled"]) for r in kids) == [2, 3]
+    for r in kids:
+        assert r.data.params["data.dataset"] == "celebamask_hq"
+        assert r.data.params["data.root"] == str(clean_tree)
+        assert r.data.params["generator.checkpoint"] == "embedded:faces"
+        assert "result/test/fg_miou" in r.data.metrics
+
+
+def test_label_counts_fails_early_without_the_images(clean_tree, tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "label_counts.py"), "--root", str(clean_tree), "--quick"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    assert out.returncode == 2
+    assert str(image_path(clean_tree, 28003)) in out.stdout and "--labels" in out.stdout
