@@ -213,6 +213,19 @@ def test_too_many_images_or_no_root_is_a_config_error(clean_tree, tmp_path):
     assert load_labelled_splits(cfg.data).train_masks.shape == (2, 16, 16)  # either spelling names the dataset
 
 
+def test_trainer_accepts_it_with_the_embedded_faces_generator(clean_tree, tmp_path):
+    # the toy faces generator's classes are LAGM's 8 CelebA classes, so the trainer's class check passes
+    from lagm_ray.sweep_spec import CONFIG_DIR
+    from lagm_ray.trainer import Trainer
+
+    cfg = load_config(CONFIG_DIR / "quickstart.yaml", {
+        "data.dataset": "celebamask-hq", "data.root": str(clean_tree), "data.num_labelled": 2, "data.num_val": 1,
+        "data.num_test": 1, "tracking.enabled": False, "run.output_dir": str(tmp_path)})
+    trainer = Trainer(cfg)
+    assert trainer.class_names == CLASS_NAMES == trainer.source.class_names
+    assert trainer.splits.train_images.shape == (2, 3, 32, 32)  # the quickstart's 32 px segmentor input
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad files: each a DataError naming the file
 
