@@ -330,25 +330,63 @@ def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray in the script
     env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=uri, LAGM_STORAGE_PATH=str(tmp_path / "ray"))
     cmd = [sys.executable, str(ROOT / "experiments" / "label_counts.py"), "--dataset", "celebamask-hq",
-           "--root", str(clean_tree), "--quick", "--labels", "2,3", "--steps", "2",
+           "--root", str(clean_tree), "--quick", "--labels", "3", "--steps", "2",
            "--set", "train.eval_interval=2", "--set", "data.num_val=3", "--set", "data.num_test=3",
            "--set", "eval.num_annotator_samples=2", "--set", f"run.output_dir={tmp_path / 'runs'}"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "2 trials (0 failed)" in out.stdout, out.stdout[-3000:]
+    assert "1 trials (0 failed)" in out.stdout, out.stdout[-3000:]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id],
                                    "tags.`lagm.role` = 'sweep'")
-    assert parent.data.tags["lagm.sweep"] == "label_counts_celebamask-quick-labels2-3"
-    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(int(r.data.params["data.num_labelled"]) for r in kids) == [2, 3]
-    for r in kids:
-        assert r.data.params["data.dataset"] == "celebamask_hq"
-        assert r.data.params["data.root"] == str(clean_tree)
-        assert r.data.params["generator.checkpoint"] == "embedded:faces"
-        assert "result/test/fg_miou" in r.data.metrics
+    assert parent.data.tags["lagm.sweep"] == "label_counts_celebamask-quick-labels3"
+    (kid,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert kid.data.params["data.num_labelled"] == "3"
+    assert kid.data.params["data.dataset"] == "celebamask_hq"
+    assert kid.data.params["data.root"] == str(clean_tree)
+    assert kid.data.params["generator.checkpoint"] == "embedded:faces"
+    assert "result/test/fg_miou" in kid.data.metrics
+
+
+def label_counts_spec(*argv: str):
+    """experiments/label_counts.py's sweep for these flags, without running it."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        spec = importlib.util.spec_from_file_location("label_counts", ROOT / "experiments" / "label_counts.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    import argparse
+
+    from lagm_ray.experiment import SEARCH_SPACES, add_sweep_flags, spec_from_args
+
+    ap = argparse.ArgumentParser()
+    add_sweep_flags(ap)
+    script.flags(ap)
+    args = ap.parse_args(list(argv))
+    return script.adjust(spec_from_args(SEARCH_SPACES / "label_counts.yaml", args), args)
+
+
+def test_label_counts_flags(clean_tree, tmp_path):
+    embedded = label_counts_spec("--quick")
+    assert embedded.base.data.dataset == "embedded" and embedded.space["data.num_labelled"].values == [2, 10, 30, 150,
+                                                                                                       1500]
+    s = label_counts_spec("--dataset", "celebamask_hq", "--root", str(clean_tree), "--labels", "2,3",
+                          "--set", "data.num_val=3", "--set", "data.num_test=3")
+    assert s.base.data.dataset == "celebamask_hq" and s.base.data.root == str(clean_tree)
+    assert s.base.generator.checkpoint == "embedded:faces"
+    assert s.space["data.num_labelled"].values == [2, 3] and s.name == "label_counts_celebamask-labels2-3"
+    assert label_counts_spec("--root", str(clean_tree), "--labels", "2", "--set", "data.num_val=3",
+                             "--set", "data.num_test=3").base.data.dataset == "celebamask_hq"
+    for argv, needle in ((["--dataset", "celebamask-hq"], "--root"), (["--root", str(tmp_path)], "28000.jpg"),
+                         (["--dataset", "pascal"], "celebamask-hq"), (["--labels", "2,x"], "integers")):
+        with pytest.raises(ConfigError, match=needle):
+            label_counts_spec(*argv)
 
 
 def test_label_counts_fails_early_without_the_images(clean_tree, tmp_path):
