@@ -356,6 +356,38 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
     print_metrics(f"downstream segmentor trained on {shards}", metrics)
 
 
+data_app = typer.Typer(help="Real datasets in their release layouts.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(root: Path = typer.Argument(..., help="The dataset's root folder, as downloaded."),
+               dataset: str = typer.Option(..., "--dataset", "-d", help="e.g. celebamask-hq"),
+               limit: Optional[int] = typer.Option(None, min=1, help="Check only the first N images of each split."),
+               out: Path = typer.Option(Path("."), "--out", help="Directory for the picture check_<dataset>.png.")):
+    """Validate a dataset folder (missing or corrupt files, unknown mask values, image/mask sizes),
+    print its class frequencies, and draw images beside their masks. Exits 1 listing every problem."""
+    from .data.check import run_check, summary_line, summary_table, write_picture
+
+    console.print(f"checking {root} as {dataset}" + (f" (first {limit} images of each split)" if limit else ""))
+    try:
+        report = run_check(root, dataset, limit)
+    except ConfigError as e:
+        fail(str(e))
+    console.print(summary_table(report))
+    console.print(summary_line(report), soft_wrap=True)
+    picture = write_picture(report, out)
+    if picture is not None:
+        console.print(f"wrote {picture}", soft_wrap=True)
+    if report.problems:
+        # plain lines (no rich wrapping or markup): one problem per line, starting with the file
+        typer.echo(f"{len(report.problems)} problem(s):")
+        for problem in report.problems:
+            typer.echo(problem)
+        raise typer.Exit(1)
+    console.print(f"[green]ok:[/] {report.num_checked} images, no problems")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
