@@ -82,21 +82,28 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-SEED_KEY = "run.seed"
+# Swept keys that repeat a setting rather than change it, with the ddof of their spread: seeds (sample
+# std) and DatasetGAN's cross-validation folds (np.std over folds, as its evaluation code).
+REPLICATE_KEYS = {"run.seed": 1, "data.cv_fold": 0}
 SPREAD_COLUMNS = ("test FG-mIoU", "test mIoU", "annotator mIoU vs truth", "s/step")
 
 
 def seed_summary(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of each setting (the other swept keys): one row per
-    setting with ``<metric>`` and ``<metric> std`` columns and the number of seeds. Empty when the
-    sweep does not repeat settings over ``run.seed``."""
-    keys = [k for k in swept if k != SEED_KEY]
-    if SEED_KEY not in swept or not keys or df.empty:
+    """Mean and standard deviation over seeds (or cross-validation folds) of each setting (the other
+    swept keys): one row per setting with ``<metric>`` and ``<metric> std`` columns and the number of
+    replicates (``seeds``). Empty when the sweep repeats nothing."""
+    replicate = [k for k in REPLICATE_KEYS if k in swept]
+    if not replicate or df.empty:
         return pd.DataFrame()
+    keys = [k for k in swept if k not in replicate]
     cols = [c for c in SPREAD_COLUMNS if c in df and df[c].notna().any()]
-    g = df.groupby(keys, sort=False, dropna=False)
+    if keys:
+        g = df.groupby(keys, sort=False, dropna=False)
+    else:  # one setting repeated (e.g. a cross-validation sweep): one row
+        g = df.assign(setting="all").groupby(["setting"])
+        keys = ["setting"]
     out = g[cols].mean()
-    std = g[cols].std(ddof=1)  # sample std over seeds, as the papers' "± std"
+    std = g[cols].std(ddof=REPLICATE_KEYS[replicate[0]])
     for c in cols:
         out[f"{c} std"] = std[c]
     out["seeds"] = g.size()

@@ -34,7 +34,14 @@ def test_seed_summary_is_mean_and_sample_std_per_setting():
 
 def test_no_seed_summary_without_repeated_seeds():
     assert seed_summary(trials(), ["train.method"]).empty
-    assert seed_summary(trials(), ["run.seed"]).empty
+
+
+def test_cross_validation_folds_are_summarised_with_numpy_std():
+    folds = pd.DataFrame({"data.cv_fold": [0, 1, 2, 3], "test mIoU": [0.5, 0.6, 0.5, 0.6]})
+    s = seed_summary(folds, ["data.cv_fold"])
+    assert len(s) == 1 and s["seeds"].item() == 4
+    assert s["test mIoU"].item() == pytest.approx(0.55)
+    assert s["test mIoU std"].item() == pytest.approx(0.05)  # np.std over folds, as DatasetGAN's code
 
 
 def test_seed_bars_plot(tmp_path):
