@@ -3,6 +3,7 @@
     python bench/run.py                # everything; gradient matching on DeepLabv3-ResNet101 / U-Net 64
     python bench/run.py --quick        # small networks, a few steps: a smoke test of the bench itself
     python bench/run.py --only ray     # just the Ray ratios (ray_train_over_plain, tune_over_optuna)
+    python bench/run.py --only memory  # peak memory of LAGM's FPN annotator over DatasetGAN's MLP ensemble
 
 Gradient matching by matched blocks (Table 2 and Table C.8): seconds per *whole* Algorithm-1 step
 (generator, annotator, both gradients, annotator update, segmentor update) for each block choice,
@@ -198,6 +199,74 @@ def bench_datagen(tmp: Path, images: int, small: int) -> dict[str, float]:
                                 "generator": "embedded:faces", "resolution": 64}}
 
 
+# ------------------------------------------------------------------------------------ annotator memory
+
+
+def peak_tensor_bytes(fn) -> int:
+    """Peak bytes of tensors alive at once while ``fn()`` runs, counting only what it allocates (its inputs
+    already exist): the CPU allocator's alloc/free events recorded by torch.profiler, summed in time order.
+    Exact for tensor memory, unlike RSS (which the process's earlier peaks and malloc's caching blur)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+# The two settings: the paper's (Cat-16: a 256 px StyleGAN2, config-f widths 512 up to 64 px, then 256, 128;
+# 16 classes) on random features of those shapes, since memory depends on shapes, not values; and the
+# quickstart's embedded faces generator (64 px, 8 classes).
+MEMORY_SETTINGS = {
+    "paper_256px": {"channels": [512, 512, 512, 512, 512, 256, 128], "classes": 16, "batch": 1},
+    "quickstart_64px": {"channels": "embedded:faces", "classes": 8, "batch": 8},
+}
+
+
+def bench_annotator_memory() -> dict:
+    """Both annotators label the same batch of generator features at the finest block's resolution (eval mode,
+    no graph): LAGM's FPN (width 128, the reference) and DatasetGAN's ensemble (10 MLPs 128-32), once as
+    DatasetGAN's release runs it (the whole upsampled feature map at once: chunk_pixels = every pixel) and
+    once as lagm_ray runs it (datasetgan.chunk_pixels = 16384)."""
+    from lagm_ray.config import DatasetGANConfig
+    from lagm_ray.methods.datasetgan import StyleInterpreter
+    from lagm_ray.models.annotator import FPNAnnotator
+    from lagm_ray.synthetic import SyntheticSource
+
+    d = DatasetGANConfig()
+    out: dict = {}
+    for name, s in MEMORY_SETTINGS.items():
+        torch.manual_seed(0)
+        if isinstance(s["channels"], str):
+            source = SyntheticSource.from_spec(s["channels"])
+            features = source.sample(s["batch"], seed=0).features
+        else:
+            features = [torch.randn(s["batch"], c, 4 * 2**i, 4 * 2**i) for i, c in enumerate(s["channels"])]
+        channels, size = [f.shape[1] for f in features], features[-1].shape[-1]
+        fpn = FPNAnnotator(channels, s["classes"], 128).eval()
+        models = {"fpn": fpn}
+        for label, chunk in (("mlp_whole_map", s["batch"] * size * size), ("mlp_chunked", d.chunk_pixels)):
+            models[label] = StyleInterpreter(sum(channels), s["classes"], d.hidden, d.num_classifiers, size, chunk).eval()
+        mb = {}
+        for label, model in models.items():
+            with torch.no_grad():
+                mb[label] = peak_tensor_bytes(lambda: model(features)) / 2**20
+            print(f"  {name} {label:>13}: peak {mb[label]:8.1f} MiB", flush=True)
+        out[name] = {"peak_mib": mb, "feature_channels": sum(channels), "resolution": size, "batch": s["batch"],
+                     "classes": s["classes"], "fpn_over_mlp": mb["fpn"] / mb["mlp_whole_map"],
+                     "fpn_over_mlp_chunked": mb["fpn"] / mb["mlp_chunked"]}
+    paper = out["paper_256px"]
+    return {"fpn_over_mlp_memory": paper["fpn_over_mlp"], "fpn_over_mlp_chunked_memory": paper["fpn_over_mlp_chunked"],
+            "annotator_memory": {**out, "method": "torch.profiler CPU allocator events, peak of live tensor bytes "
+                                 "allocated during one labelling call (inputs excluded)", "fpn_width": 128,
+                                 "mlp": {"members": d.num_classifiers, "hidden": d.hidden}}}
+
+
 def merge_results(r: dict, targets: dict[str, str]) -> None:
     """Merge ``r`` into bench/results.json (atomically) and print the headline ratios beside their targets."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -212,9 +281,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small networks and few steps")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--only", choices=["gm", "ray", "data"], help="one group of benchmarks")
+    ap.add_argument("--only", choices=["gm", "ray", "data", "memory"], help="one group of benchmarks")
     ap.add_argument("--trial-steps", type=int, default=16, help="steps per Tune/Optuna trial (about 10 s each)")
     args = ap.parse_args()
+    if args.only in (None, "memory"):
+        print("Annotator memory: LAGM's FPN against DatasetGAN's MLP ensemble, same features", flush=True)
+        merge_results(bench_annotator_memory(), {"fpn_over_mlp_memory": "<= 0.2"})
     if args.only in (None, "data"):
         with tempfile.TemporaryDirectory() as d:
             print("Ray Data generation: 1 CPU against 2, and memory at 1x and 10x the images", flush=True)

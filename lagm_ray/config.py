@@ -139,12 +139,54 @@ class MAMLConfig:
 
 @dataclass
 class DatasetGANConfig:
-    """DatasetGAN (Zhang et al., CVPR 2021), Section 3."""
+    """DatasetGAN (Zhang et al., CVPR 2021), Section 3. The style interpreter reads the blocks that
+    annotator.feature_resolutions names (every block when empty, as the paper) at the finest one's resolution."""
+    num_classifiers: int = 10  # N, the ensemble size (Sec. 3.2: "N = 10 in our paper")
+    hidden: list[int] = field(default_factory=lambda: [128, 32])  # release pixel_classifier, < 32 classes
+    lr: float = 1.0e-3  # release: Adam, lr 0.001
+    pixel_batch_size: int = 64  # pixels per member per step (release batch_size)
+    # Pixels sampled per annotated image for each member's pool, every labelled region included
+    # (Sec. 3.2); each member gets its own sample ("to amortize the effect of random sampling").
+    pixels_per_image: int = 2048
+    # Steps 1..labeller_steps of train.steps train the ensemble, the rest the segmentor. The release
+    # trains each member for a few epochs of every annotated pixel with early stopping; 10k batches of
+    # 64 is ~30 passes over a 10-image pool of 2048 pixels each.
+    labeller_steps: int = 10_000
+    set_size: int = 10_000  # generated images labelled by the ensemble (Sec. 3.3, Table 3)
+    filter_ratio: float = 0.10  # the most uncertain (summed JS divergence) images dropped (Sec. 3.3, Table 4)
+    chunk_pixels: int = 16_384  # pixels labelled at once: memory ~ chunk_pixels * feature channels
+    generate_batch_size: int = 16  # generator batch while building the set
 
 
 @dataclass
 class RepurposeGANConfig:
-    """RepurposeGAN (Tritrong et al., CVPR 2021), Section 3."""
+    """RepurposeGAN (Tritrong et al., CVPR 2021), Section 3; sizes from Sec. 4."""
+    model: Literal["cnn", "mlp"] = "cnn"  # the few-shot segmenter (Sec. 4.2); Table 2 and Fig. 5 use the CNN
+    # Generator blocks by resolution (Table 7): coarse 4-8 px, middle 16-32 px, fine 64 px and up.
+    # Sec. 4.1 uses every layer but the image's; here "fine" includes the last block (64 px on the toy world).
+    layer_groups: list[Literal["coarse", "middle", "fine"]] = field(
+        default_factory=lambda: ["coarse", "middle", "fine"])
+    cnn_embed: int = 128  # 1x1 conv reducing the pixel features (Sec. 4.2: 5,056 -> 128)
+    cnn_channels: list[int] = field(default_factory=lambda: [64, 64, 64, 64, 64, 64, 32])  # then the classes
+    cnn_dilations: list[int] = field(default_factory=lambda: [2, 4, 8, 1, 2, 4, 8, 1])  # one per 3x3 conv
+    mlp_hidden: list[int] = field(default_factory=lambda: [2000, 200])  # Sec. 4.2
+    lr: float = 1.0e-3  # Adam (Sec. 4.2)
+    weight_decay: float = 1.0e-3  # Sec. 4.2
+    lr_decay_epochs: int = 50  # lr x 0.1 every 50 epochs over the annotated images (Sec. 4.2)
+    fewshot_batch_size: int = 0  # annotated images per step; 0 = all (one step = one epoch)
+    # Steps 1..labeller_steps of train.steps train the few-shot segmenter (Sec. 4.2: 1,000 epochs), the
+    # rest the auto-shot segmenter.
+    labeller_steps: int = 1_000
+    set_size: int = 5_000  # generated images for the auto-shot segmenter (Sec. 4.1)
+    target: Literal["soft", "hard"] = "soft"  # Sec. 3.3 keeps the few-shot logits, not the argmax
+    # Geometric augmentation of the generated set, the same warp for image and target (Sec. 4.3).
+    augment: bool = True
+    flip_prob: float = 0.5  # random horizontal flips
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random scales
+    rotate_degrees: float = 10.0  # random rotations in [-10, 10] degrees
+    translate: float = 0.5  # random shifts up to 50% of the image size
+    chunk_pixels: int = 16_384  # pixels embedded at once: memory ~ chunk_pixels * feature channels
+    generate_batch_size: int = 16  # generator batch while building the set
 
 
 @dataclass
@@ -403,6 +445,43 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(e.downstream_images >= 1 and e.downstream_epochs >= 1 and e.downstream_batch_size >= 1,
          "eval.downstream_*", "must be >= 1")
     need(e.downstream_lr > 0, "eval.downstream_lr", "must be > 0")
+
+    # datasetgan
+    g = cfg.datasetgan
+    need(g.num_classifiers >= 1, "datasetgan.num_classifiers", f"must be >= 1, got {g.num_classifiers}")
+    need(len(g.hidden) >= 1 and min(g.hidden) >= 1, "datasetgan.hidden", f"must be positive widths, got {g.hidden}")
+    need(g.lr > 0, "datasetgan.lr", f"must be > 0, got {g.lr}")
+    need(g.pixel_batch_size >= 2, "datasetgan.pixel_batch_size", "must be >= 2 (BatchNorm)")
+    need(g.pixels_per_image >= 1, "datasetgan.pixels_per_image", "must be >= 1")
+    need(0 <= g.filter_ratio < 1, "datasetgan.filter_ratio", f"must be in [0, 1), got {g.filter_ratio}")
+    for name in ("set_size", "chunk_pixels", "generate_batch_size", "labeller_steps"):
+        need(getattr(g, name) >= 1, f"datasetgan.{name}", "must be >= 1")
+    if t.method == "datasetgan":
+        need(g.labeller_steps < t.steps, "datasetgan.labeller_steps",
+             f"must be below train.steps ({t.steps}): the steps after it train the segmentor")
+        need(int(g.set_size * (1 - g.filter_ratio)) >= 1, "datasetgan.set_size", "keeps no image after filtering")
+
+    # repurposegan
+    r = cfg.repurposegan
+    need(len(r.layer_groups) >= 1 and len(set(r.layer_groups)) == len(r.layer_groups), "repurposegan.layer_groups",
+         f"must name distinct groups among coarse, middle, fine; got {r.layer_groups}")
+    need(len(r.cnn_dilations) == len(r.cnn_channels) + 1, "repurposegan.cnn_dilations",
+         f"needs one dilation per conv: len(cnn_channels) + 1 = {len(r.cnn_channels) + 1}, got {len(r.cnn_dilations)}")
+    for name in ("cnn_channels", "cnn_dilations", "mlp_hidden"):
+        need(len(getattr(r, name)) >= 1 and min(getattr(r, name)) >= 1, f"repurposegan.{name}", "must be >= 1")
+    need(r.cnn_embed >= 1, "repurposegan.cnn_embed", "must be >= 1")
+    need(r.lr > 0 and r.weight_decay >= 0, "repurposegan.lr/weight_decay", "lr must be > 0, weight_decay >= 0")
+    need(r.fewshot_batch_size >= 0, "repurposegan.fewshot_batch_size", "must be >= 0 (0 = all annotated images)")
+    for name in ("set_size", "chunk_pixels", "generate_batch_size", "labeller_steps", "lr_decay_epochs"):
+        need(getattr(r, name) >= 1, f"repurposegan.{name}", "must be >= 1")
+    need(0 <= r.flip_prob <= 1, "repurposegan.flip_prob", f"must be in [0, 1], got {r.flip_prob}")
+    need(len(r.scale_range) == 2 and 0 < r.scale_range[0] <= r.scale_range[1], "repurposegan.scale_range",
+         f"must be [low, high] with 0 < low <= high, got {r.scale_range}")
+    need(0 <= r.rotate_degrees <= 180 and 0 <= r.translate <= 1, "repurposegan.rotate_degrees/translate",
+         "must be in [0, 180] degrees and [0, 1] of the image size")
+    if t.method == "repurposegan":
+        need(r.labeller_steps < t.steps, "repurposegan.labeller_steps",
+             f"must be below train.steps ({t.steps}): the steps after it train the auto-shot segmentor")
 
 
 def resolve_device(name: str):

@@ -19,6 +19,8 @@ from ..config import Config, ConfigError
 METHODS: dict[str, str] = {
     "lagm": "lagm_ray.trainer:Trainer",
     "supervised": "lagm_ray.trainer:Trainer",
+    "datasetgan": "lagm_ray.methods.datasetgan:DatasetGANTrainer",
+    "repurposegan": "lagm_ray.methods.repurposegan:RepurposeGANTrainer",
 }
 
 
