@@ -258,8 +258,9 @@ class Labeller:
         annotator = trainer_class(cfg.train.method).new_annotator(cfg, self.source, self.feature_index,
                                                                    info.num_classes)
         if annotator is None:
-            raise DatasetError(f"{info.path}: train.method {cfg.train.method!r} learns no annotator of generated "
-                               "images, so there is nothing to generate a dataset with")
+            raise DatasetError(f"{info.path}: `lagm generate` cannot rebuild the annotator of train.method "
+                               f"{cfg.train.method!r} (it rebuilds those of the FPN-annotator methods: lagm, "
+                               "pseudo_label, inversion, maml)")
         self.annotator: nn.Module = annotator
         try:
             self.annotator.load_state_dict(load_checkpoint(info.path)["annotator"])
