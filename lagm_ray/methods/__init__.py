@@ -19,6 +19,8 @@ from ..config import Config, ConfigError
 METHODS: dict[str, str] = {
     "lagm": "lagm_ray.trainer:Trainer",
     "supervised": "lagm_ray.trainer:Trainer",
+    "ganorcon": "lagm_ray.methods.ganorcon:GANORCONTrainer",
+    "layermatch": "lagm_ray.methods.layermatch:LayerMatchTrainer",
 }
 
 
