@@ -11,9 +11,10 @@ Generator", Sec. 2-3), two modes (``layermatch.mode``):
                encoder, is fine-tuned on the real labelled images.
 
 The segmentor's encoder, by kind: for the U-Net its down path (inc, down1..down4: five maps, full size to
-1/16); for DeepLabV3 its ResNet backbone (layer1..layer4, after the input normalisation). A generator block
-of resolution r is predicted from the coarsest encoder map at least r pixels wide (the finest map when none
-is), through conv3x3-BN-ReLU-conv1x1 to the block's channels and a bilinear resize to r x r.
+1/16); for DeepLabV3 its ResNet backbone (layer1..layer4, after the input normalisation). The coarsest
+matched generator block is predicted from the encoder's deepest map (so the whole encoder is trained); every
+other block of resolution r from the coarsest encoder map at least r pixels wide (the finest map when none
+is); each through conv3x3-BN-ReLU-conv1x1 to the block's channels and a bilinear resize to r x r.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class MatchHeads(nn.Module):
     def __init__(self, enc_channels: Sequence[int], enc_sizes: Sequence[int], targets: Sequence[tuple[int, int]]):
         super().__init__()
         self.sources = [pick_encoder_map(enc_sizes, r) for _, r in targets]
+        # the coarsest block reads the deepest map, so every encoder layer gets a gradient
+        self.sources[min(range(len(targets)), key=lambda i: targets[i][1])] = len(enc_sizes) - 1
         self.sizes = [r for _, r in targets]
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Conv2d(enc_channels[s], c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
@@ -244,31 +247,34 @@ class LayerMatchTrainer(Trainer):
         # Sec. 4: Adam, lr 1e-4, cosine decay, over the encoder and the auxiliary heads
         self.opt_lm = torch.optim.Adam([*self.encoder_params, *self.heads.parameters()], lr=lm.pretrain_lr)
 
-    def layermatch_step(self) -> dict[str, float]:
-        lm, src = self.cfg.layermatch, self.source
+    def layermatch_loss(self, z: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_match, L_rec) for latents z with generator block m replaced by its prediction (Eqs. 1-4)."""
+        src, lm = self.source, self.cfg.layermatch
         G = src.G
-        z = src.latents(lm.pretrain_batch_size, self.rng)
-        m = self.match_index[int(torch.randint(len(self.match_index), (1,), generator=self.rng))]
         with torch.no_grad():
             ws = G.mapping(z, None, truncation_psi=src.truncation_psi, truncation_cutoff=src.truncation_cutoff)
             feats, images = G.synthesis.run_blocks(ws, noise_mode=src.noise_mode)
         image = images[-1]
+        preds = self.heads(encoder_features(self.segmentor, to_size(image.clamp(-1, 1), self.seg_size)))
+        phi_hat_m = preds[self.match_index.index(m)]
+        rec = resynthesize(G.synthesis, ws, m, phi_hat_m, images[m - 1] if m > 0 else None, src.noise_mode)
+        return layermatch_losses([feats[i] for i in self.match_index], preds, image, rec, lm.reduction)
+
+    def layermatch_step(self) -> dict[str, float]:
+        lm = self.cfg.layermatch
+        z = self.source.latents(lm.pretrain_batch_size, self.rng)
+        m = self.match_index[int(torch.randint(len(self.match_index), (1,), generator=self.rng))]
         lr = cosine_lr(lm.pretrain_lr, self.step - 1, lm.pretrain_steps)
         for group in self.opt_lm.param_groups:
             group["lr"] = lr
-        S = self.segmentor
-        S.train()
+        self.segmentor.train()
         self.heads.train()
-        preds = self.heads(encoder_features(S, to_size(image.clamp(-1, 1), self.seg_size)))
-        phi_hat_m = preds[self.match_index.index(m)]
-        rec = resynthesize(G.synthesis, ws, m, phi_hat_m, images[m - 1] if m > 0 else None, src.noise_mode)
-        match, rec_loss = layermatch_losses([feats[i] for i in self.match_index], preds, image, rec, lm.reduction)
-        loss = lm.rec_weight * rec_loss + match
+        match, rec = self.layermatch_loss(z, m)
+        loss = lm.rec_weight * rec + match
         self.opt_lm.zero_grad(set_to_none=True)
         loss.backward()
-        params = [*self.encoder_params, *self.heads.parameters()]
-        self._apply(self.opt_lm, params)
-        return {"loss/layermatch": loss.item(), "loss/match": match.item(), "loss/rec": rec_loss.item(),
+        self._apply(self.opt_lm, [*self.encoder_params, *self.heads.parameters()])
+        return {"loss/layermatch": loss.item(), "loss/match": match.item(), "loss/rec": rec.item(),
                 "lr/layermatch": lr}
 
     # ---- hooks
