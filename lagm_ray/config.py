@@ -191,12 +191,66 @@ class RepurposeGANConfig:
 
 @dataclass
 class GANORCONConfig:
-    """GANORCON (Saha et al., CVPR 2022), Section 3."""
+    """GANORCON (Saha et al., CVPR 2022), Section 3: MoCo v2 on unlabelled real images, hypercolumns,
+    a projector trained on the few labelled images, optional distillation. The budget train.steps is
+    split: steps 1..pretrain_steps MoCo, the next projector_steps the projector, the rest distillation
+    (distill: true) or more projector training (distill: false)."""
+
+    pretrain_steps: int = 100_000  # MoCo stage; the paper counts 800 epochs, here a share of the 150k default
+    projector_steps: int = 25_000  # projector stage when distilling (the paper: 800 MLP / 200 CONV epochs)
+    distill: bool = True  # Step III; Table 1's best entry is "CONV + distill"
+    # f_CON: a ResNet trunk (paper: ResNet-50 at torchvision width 64)
+    encoder_depth: Literal[18, 34, 50, 101] = 50
+    encoder_width: int = 64
+    # MoCo v2 (App. D): SGD lr 0.03, momentum 0.9, wd 1e-4, cosine; T = 0.2; batch 32 (Sec. 4);
+    # queue 65536, key momentum 0.999 and a 2-layer MLP head to 128-d are MoCo v2's own defaults.
+    moco_lr: float = 0.03
+    moco_momentum: float = 0.9
+    moco_weight_decay: float = 1.0e-4
+    moco_batch_size: int = 32
+    moco_temperature: float = 0.2
+    moco_queue: int = 65_536
+    moco_key_momentum: float = 0.999
+    moco_dim: int = 128
+    moco_crop_scale_min: float = 0.2  # MoCo v2's RandomResizedCrop(scale=(0.2, 1))
+    # Step II: the projector on hypercolumns of conv2_x..conv5_x, upsampled bilinearly to the input size
+    projector: Literal["mlp", "conv"] = "conv"  # CONV beats MLP in Table 2
+    projector_lr: float | None = None  # Adam, cosine; None = the paper's 1e-3 (MLP) or 5e-4 (CONV)
+    mlp_hidden: list[int] = field(default_factory=lambda: [1024, 256])  # App. B
+    # CONV (App. B Model-A): encoder widths, one max-pool between levels; the decoder mirrors them.
+    conv_channels: list[int] = field(default_factory=lambda: [1024, 256, 256, 256, 256, 512])
+    conv_out: int = 256  # last ConvBNReLU before the per-pixel linear classifier (App. B)
+    conv1_stride: int = 1  # the paper sets ResNet's first conv stride 2 -> 1 when extracting hypercolumns
+    projector_augment: bool = True  # random resized crop, flip, colour jitter (Sec. 4)
+    projector_crop_scale_min: float = 0.5  # not given in the paper; milder than MoCo's 0.2 for few labels
+    # Step III (Sec. 4): batch 8, lr from train.segmentor_optim (paper: 1e-3) on unlabelled real images
+    distill_batch_size: int = 8
+    # Real datasets: how many unlabelled images load_unlabelled reads (the embedded world streams fresh renders)
+    num_unlabelled: int = 10_000
 
 
 @dataclass
 class LayerMatchConfig:
-    """LayerMatch (Rahimi et al.), Sections 2-3."""
+    """LayerMatch (Galeev et al., "Learning high-resolution domain-specific representations with a GAN
+    generator"), Sections 2-3. mode "decoder": Algorithm 1 (semantic projection decoder on annotated
+    generated images, steps 1..decoder_steps) then Algorithm 2 (segmentor on generated images it labels).
+    mode "pretrain": Algorithm 3 (LayerMatch pre-training of the segmentor's encoder, steps
+    1..pretrain_steps) then fine-tuning the whole segmentor on the real labelled images."""
+
+    mode: Literal["decoder", "pretrain"] = "pretrain"  # Sec. 3-4 is the paper's main proposal
+    # decoder mode (Sec. 2.2): 32 feature maps, CBlock = dropout 0.5 + conv + BN; optimiser train.annotator_optim
+    decoder_steps: int = 5_000  # not given in the paper; a share of the budget
+    decoder_width: int = 32
+    decoder_dropout: float = 0.5
+    annotation_seed: int = 424_242  # the seeded "annotated generated images" (data.num_labelled of them)
+    # pretrain mode (Sec. 3.1, 4): Adam lr 1e-4 with cosine decay; L = L_rec + L_match (Eq. 1)
+    pretrain_steps: int = 100_000  # not given in the paper; a share of the 150k default
+    pretrain_lr: float = 1.0e-4
+    pretrain_batch_size: int = 8  # not given in the paper
+    match_resolutions: list[int] = field(default_factory=list)  # generator blocks to predict; empty = all
+    rec_weight: float = 1.0  # Eq. 1 adds L_rec and L_match with weight 1
+    # "sum" = Eqs. 2 and 4 as written (squared L2 norms, batch mean); "mean" = per-element mean (MSE)
+    reduction: Literal["sum", "mean"] = "sum"
 
 
 @dataclass
@@ -482,6 +536,41 @@ def validate(cfg: Config, source: str = "config") -> None:
     if t.method == "repurposegan":
         need(r.labeller_steps < t.steps, "repurposegan.labeller_steps",
              f"must be below train.steps ({t.steps}): the steps after it train the auto-shot segmentor")
+    # ganorcon
+    g = cfg.ganorcon
+    need(g.pretrain_steps >= 0 and g.projector_steps >= 0, "ganorcon.pretrain_steps/projector_steps", "must be >= 0")
+    if t.method == "ganorcon":
+        need(g.pretrain_steps + (g.projector_steps if g.distill else 0) < t.steps, "ganorcon.pretrain_steps",
+             f"+ (projector_steps when distilling) must leave steps for the last stage of train.steps={t.steps}")
+    need(g.encoder_width >= 1 and g.moco_dim >= 1, "ganorcon.encoder_width/moco_dim", "must be >= 1")
+    need(g.moco_lr > 0 and g.moco_weight_decay >= 0 and 0 <= g.moco_momentum < 1, "ganorcon.moco_lr",
+         "must be > 0 (weight decay >= 0, momentum in [0, 1))")
+    need(g.moco_batch_size >= 2, "ganorcon.moco_batch_size", "must be >= 2 (BatchNorm)")
+    need(g.moco_queue >= g.moco_batch_size, "ganorcon.moco_queue", "must hold at least one batch of keys")
+    need(g.moco_temperature > 0, "ganorcon.moco_temperature", "must be > 0")
+    need(0 <= g.moco_key_momentum < 1, "ganorcon.moco_key_momentum", "must be in [0, 1)")
+    for key in ("moco_crop_scale_min", "projector_crop_scale_min"):
+        need(0 < getattr(g, key) <= 1, f"ganorcon.{key}", "must be in (0, 1]")
+    need(g.projector_lr is None or g.projector_lr > 0, "ganorcon.projector_lr", "must be > 0 (or null)")
+    need(len(g.mlp_hidden) >= 1 and min(g.mlp_hidden) >= 1, "ganorcon.mlp_hidden", "must list widths >= 1")
+    need(len(g.conv_channels) >= 1 and min(g.conv_channels) >= 1 and g.conv_out >= 1, "ganorcon.conv_channels",
+         "must list widths >= 1 (and conv_out >= 1)")
+    need(g.conv1_stride in (1, 2), "ganorcon.conv1_stride", "must be 1 (paper) or 2 (ResNet's own)")
+    need(g.distill_batch_size >= 2, "ganorcon.distill_batch_size", "must be >= 2 (BatchNorm)")
+    need(g.num_unlabelled >= 1, "ganorcon.num_unlabelled", "must be >= 1")
+
+    # layermatch
+    lm = cfg.layermatch
+    need(lm.decoder_steps >= 0 and lm.pretrain_steps >= 0, "layermatch.decoder_steps/pretrain_steps", "must be >= 0")
+    if t.method == "layermatch":
+        stage = "decoder_steps" if lm.mode == "decoder" else "pretrain_steps"
+        need(getattr(lm, stage) < t.steps, f"layermatch.{stage}",
+             f"must leave steps for the second stage of train.steps={t.steps}")
+    need(lm.decoder_width >= 1, "layermatch.decoder_width", "must be >= 1")
+    need(0 <= lm.decoder_dropout < 1, "layermatch.decoder_dropout", "must be in [0, 1)")
+    need(lm.pretrain_lr > 0, "layermatch.pretrain_lr", "must be > 0")
+    need(lm.pretrain_batch_size >= 2, "layermatch.pretrain_batch_size", "must be >= 2 (BatchNorm)")
+    need(lm.rec_weight >= 0, "layermatch.rec_weight", "must be >= 0")
 
 
 def resolve_device(name: str):

@@ -21,6 +21,8 @@ METHODS: dict[str, str] = {
     "supervised": "lagm_ray.trainer:Trainer",
     "datasetgan": "lagm_ray.methods.datasetgan:DatasetGANTrainer",
     "repurposegan": "lagm_ray.methods.repurposegan:RepurposeGANTrainer",
+    "ganorcon": "lagm_ray.methods.ganorcon:GANORCONTrainer",
+    "layermatch": "lagm_ray.methods.layermatch:LayerMatchTrainer",
 }
 
 
