@@ -19,6 +19,9 @@ from ..config import Config, ConfigError
 METHODS: dict[str, str] = {
     "lagm": "lagm_ray.trainer:Trainer",
     "supervised": "lagm_ray.trainer:Trainer",
+    "pseudo_label": "lagm_ray.methods.lagm_baselines:PseudoLabelTrainer",
+    "inversion": "lagm_ray.methods.lagm_baselines:InversionTrainer",
+    "maml": "lagm_ray.methods.lagm_baselines:MAMLTrainer",
 }
 
 
