@@ -123,6 +123,11 @@ class PseudoLabelConfig:
 
     teacher_fraction: float = 1 / 3  # share of train.steps for stage (i) (paper: not given)
     annotator_fraction: float = 1 / 3  # share for stage (ii); stage (iii) gets the rest (paper: not given)
+    # BN statistics of the teacher when it labels generated images (paper: not given). "batch" normalises
+    # with the generated batch's own statistics (the reference code runs S in train mode throughout), which
+    # bridges the real -> generated shift: on the quickstart faces its labels score 9.7% FG-mIoU against the
+    # true masks vs 4.0% with "running" (the real images' running statistics, i.e. eval mode).
+    teacher_bn: Literal["batch", "running"] = "batch"
 
 
 @dataclass

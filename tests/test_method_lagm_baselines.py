@@ -40,8 +40,11 @@ def test_pseudo_label_stages_and_losses(tiny_config):
     s0, a0 = weights(tr.segmentor), weights(tr.annotator)
     teacher = [tr.train_step()["loss/teacher"] for _ in range(6)]
     assert same(a0, weights(tr.annotator)) and same(s0, weights(tr.segmentor))
+    t1 = {k: v.clone() for k, v in tr.teacher.state_dict().items()}
     annot = [tr.train_step()["loss/annotator"] for _ in range(6)]
     assert same(s0, weights(tr.segmentor))  # the evaluated segmentor only learns in stage (iii)
+    # labelling with the generated batches' BN statistics leaves the teacher's running statistics alone
+    assert all(torch.equal(v, tr.teacher.state_dict()[k]) for k, v in t1.items())
     a1 = weights(tr.annotator)
     seg = [tr.train_step()["loss/segmentor"] for _ in range(6)]
     assert same(a1, weights(tr.annotator))  # frozen in stage (iii)

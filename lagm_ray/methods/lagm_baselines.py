@@ -100,10 +100,18 @@ class PseudoLabelTrainer(AnnotatorBaseline):
         self.stage_ends = (teacher, teacher + annot)
 
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's hard labels, in eval mode (BN running statistics of the labelled images)."""
-        self.teacher.eval()
+        """The teacher's hard labels. With ``teacher_bn: batch`` BN normalises with the generated batch's
+        statistics (other layers in eval mode: no dropout), on copies of the buffers so the teacher's running
+        statistics stay those of the labelled images; with ``running`` the teacher is in eval mode."""
+        T = self.teacher.eval()  # no dropout either way
         with torch.no_grad():
-            return self.teacher(images).argmax(1)
+            if self.cfg.pseudo_label.teacher_bn == "running":
+                return T(images).argmax(1)
+            for m in T.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+            state = {**dict(T.named_parameters()), **{n: b.clone() for n, b in T.named_buffers()}}
+            return functional_call(T, state, (images,)).argmax(1)
 
     def method_step(self) -> dict[str, float]:
         if self.step <= self.stage_ends[0]:
