@@ -23,6 +23,9 @@ METHODS: dict[str, str] = {
     "repurposegan": "lagm_ray.methods.repurposegan:RepurposeGANTrainer",
     "ganorcon": "lagm_ray.methods.ganorcon:GANORCONTrainer",
     "layermatch": "lagm_ray.methods.layermatch:LayerMatchTrainer",
+    "pseudo_label": "lagm_ray.methods.lagm_baselines:PseudoLabelTrainer",
+    "inversion": "lagm_ray.methods.lagm_baselines:InversionTrainer",
+    "maml": "lagm_ray.methods.lagm_baselines:MAMLTrainer",
 }
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..config import ConfigError
 from ..data.datasets import real_dataset_module
 from ..models.segmentors import ResNet, resnet
-from ..trainer import Trainer, make_optimizer
+from ..trainer import Trainer
 
 # ------------------------------------------------------------------------------ MoCo v2
 
