@@ -35,7 +35,7 @@ import torch
 
 from ..config import ConfigError, DataConfig
 from .datasets import LabelledSplits
-from .files import DataError, DataReport, check_labels, check_same_size, read_image, read_label_png, to_tensors
+from .files import DataError, DataReport, check_labels, check_pairs, check_same_size, read_image, read_label_png, to_tensors
 
 CGPART_CAR_PARTS = [
     "background", "back_bumper", "back_left_door", "back_left_wheel", "back_left_window",
@@ -175,25 +175,4 @@ def load_splits(data: DataConfig, size: int) -> LabelledSplits:
 
 
 def check(root: str | Path, limit: int | None = None) -> DataReport:
-    report = DataReport(dataset="cgpart_car", root=str(root), class_names=list(CLASS_NAMES),
-                        class_pixels=[0] * len(CLASS_NAMES))
-    pairs: list[tuple[Path, Path]] = []
-    for lister in (render_pairs, real_pairs):
-        try:
-            found = lister(root)
-        except DataError as e:
-            report.problems.append(str(e))
-            continue
-        pairs += found[:limit] if limit is not None else found
-    for ip, mp in pairs:
-        report.num_checked += 1
-        try:
-            image, mask = read_pair(ip, mp)
-        except DataError as e:
-            report.problems.append(str(e))
-            continue
-        report.class_pixels = (np.asarray(report.class_pixels)
-                               + np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))).tolist()
-        if len(report.samples) < 8:
-            report.samples.append((image, mask))
-    return report
+    return check_pairs("cgpart_car", root, CLASS_NAMES, (render_pairs, real_pairs), read_pair, limit)

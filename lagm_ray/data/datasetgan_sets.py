@@ -40,7 +40,7 @@ import torch
 
 from ..config import ConfigError, DataConfig
 from .datasets import LabelledSplits
-from .files import DataError, DataReport, check_labels, read_image, to_tensors
+from .files import DataError, DataReport, check_labels, check_pairs, read_image, to_tensors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_LABEL_PIXELS = 30  # DatasetGAN: "clean up artifacts in the annotation, must do"
@@ -204,28 +204,8 @@ class DatasetGANSet:
         return LabelledSplits(list(self.CLASS_NAMES), *tr, *va, *te)
 
     def check(self, root: str | Path, limit: int | None = None) -> DataReport:
-        report = DataReport(dataset=self.name, root=str(root), class_names=list(self.CLASS_NAMES),
-                            class_pixels=[0] * len(self.CLASS_NAMES))
-        pairs: list[tuple[Path, Path]] = []
-        for lister in (self.train_pairs, self.test_pairs):
-            try:
-                found = lister(root)
-            except DataError as e:
-                report.problems.append(str(e))
-                continue
-            pairs += found[:limit] if limit is not None else found
-        for ip, mp in pairs:
-            report.num_checked += 1
-            try:
-                image, mask = self.read_pair(ip, mp)
-            except DataError as e:
-                report.problems.append(str(e))
-                continue
-            report.class_pixels = (np.asarray(report.class_pixels)
-                                   + np.bincount(mask.ravel(), minlength=len(self.CLASS_NAMES))).tolist()
-            if len(report.samples) < 8 and image.shape[:2] == mask.shape:
-                report.samples.append((image, mask))
-        return report
+        return check_pairs(self.name, root, self.CLASS_NAMES, (self.train_pairs, self.test_pairs), self.read_pair,
+                           limit)
 
 
 CAR20 = DatasetGANSet("datasetgan_car20", "car_processed", "car_20_class", CAR20_CLASSES)

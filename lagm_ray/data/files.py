@@ -7,7 +7,7 @@ mismatch fails the same way everywhere: a :class:`DataError` whose message start
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +107,40 @@ class DataReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add(self, image: np.ndarray, mask: np.ndarray, max_samples: int = 8) -> None:
+        """Count a checked pair's class pixels; keep the first few (same-size) pairs for the picture."""
+        counts = np.bincount(mask.ravel(), minlength=len(self.class_names))[: len(self.class_names)]
+        self.class_pixels = (np.asarray(self.class_pixels or [0] * len(self.class_names)) + counts).tolist()
+        if len(self.samples) < max_samples and image.shape[:2] == mask.shape[:2]:
+            self.samples.append((image, mask))
+
+
+def check_pairs(dataset: str, root: str | Path, class_names: Sequence[str],
+                listers: Sequence[Callable[[str | Path], list[tuple[Path, Path]]]],
+                read_pair: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]],
+                limit: int | None = None) -> DataReport:
+    """The data check of a dataset stored as (image, mask) file pairs: each lister finds the pairs of one
+    split (the first ``limit`` of each are read); every failure is one problem line naming the file."""
+    report = DataReport(dataset=dataset, root=str(root), class_names=list(class_names),
+                        class_pixels=[0] * len(class_names))
+    pairs: list[tuple[Path, Path]] = []
+    for lister in listers:
+        try:
+            found = lister(root)
+        except DataError as e:
+            report.problems.append(str(e))
+            continue
+        pairs += found[:limit] if limit is not None else found
+    for image_path, mask_path in pairs:
+        report.num_checked += 1
+        try:
+            image, mask = read_pair(image_path, mask_path)
+        except DataError as e:
+            report.problems.append(str(e))
+            continue
+        report.add(image, mask)
+    return report
 
     def class_frequencies(self) -> dict[str, float]:
         total = max(1, sum(self.class_pixels))

@@ -114,10 +114,7 @@ class PascalPartSet:
                 report.problems.append(str(e))
                 continue
             for c in crops:
-                report.class_pixels = (np.asarray(report.class_pixels)
-                                       + np.bincount(c.mask.ravel(), minlength=len(self.CLASS_NAMES))).tolist()
-                if len(report.samples) < 8:
-                    report.samples.append((c.image, c.mask))
+                report.add(c.image, c.mask)
         return report
 
     def load_unlabelled(self, data: DataConfig, size: int, n: int) -> torch.Tensor:
