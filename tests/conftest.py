@@ -14,6 +14,7 @@ from lagm_ray.data.toyworld import get_category
 from lagm_ray.io import save_checkpoint
 from lagm_ray.models.generator import Generator
 from lagm_ray.synthetic import GENERATOR_FORMAT
+from lagm_ray.trainer import Callback
 
 TINY_G = dict(z_dim=64, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
               mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=16)
@@ -99,3 +100,15 @@ def finished_sweep(ray_local, tiny_generator_path, tmp_path_factory):
     spec = load_sweep(tiny_sweep(tmp_path, tiny_generator_path))
     results, parent = run_sweep(spec, storage_path=str(tmp_path / "ray"), verbose=0)
     return tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", parent, results
+
+
+class KeepCheckpointAt(Callback):
+    """A trainer callback keeping the checkpoint written at one step (``killed.pt``), as if the run had been
+    killed right after it: resume tests compare a run resumed from it with an uninterrupted one."""
+
+    def __init__(self, step, directory):
+        self.step, self.directory = step, directory
+
+    def on_checkpoint(self, step, trainer):
+        if step == self.step:
+            trainer.save(self.directory / "killed.pt")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import KeepCheckpointAt
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +17,6 @@ from lagm_ray.methods import build_trainer
 from lagm_ray.methods.ganorcon import (GANORCONTrainer, HypercolumnSegmentor, MoCo, info_nce, moco_v2_augment,
                                        segmentation_augment)
 from lagm_ray.models.segmentors import UNet, resnet
-from lagm_ray.trainer import Callback
 
 SMALL = {"train.method": "ganorcon", "train.steps": 9, "ganorcon.pretrain_steps": 3, "ganorcon.projector_steps": 3,
          "ganorcon.encoder_depth": 18, "ganorcon.encoder_width": 4, "ganorcon.moco_batch_size": 4,
@@ -148,22 +148,12 @@ def test_without_distillation_the_encoder_and_projector_are_evaluated(tiny_confi
     assert 0 <= metrics["test/fg_miou"] <= 1
 
 
-class CopyAt(Callback):
-    """Keeps the checkpoint written at one step, as if the run had been killed right after it."""
-
-    def __init__(self, step, directory):
-        self.step, self.directory = step, directory
-
-    def on_checkpoint(self, step, trainer):
-        if step == self.step:
-            trainer.save(self.directory / "killed.pt")
-
 
 @pytest.mark.parametrize("distill", [True, False])
 def test_resume_equals_uninterrupted(tiny_config, tmp_path, distill):
     cfg = {**SMALL, "ganorcon.distill": distill, "train.checkpoint_interval": 2, "train.eval_interval": 4}
     full = build_trainer(tiny_config(**cfg))
-    full.fit([CopyAt(4, tmp_path)])  # step 4: the projector stage
+    full.fit([KeepCheckpointAt(4, tmp_path)])  # step 4: the projector stage
     resumed = build_trainer(tiny_config(**cfg))
     resumed.load(tmp_path / "killed.pt")
     assert resumed.step == 4

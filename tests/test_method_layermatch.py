@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import KeepCheckpointAt
 import torch
 
 from lagm_ray.config import ConfigError
@@ -14,7 +15,6 @@ from lagm_ray.methods import build_trainer
 from lagm_ray.methods.layermatch import (SemanticProjectionDecoder, encoder_modules, layermatch_losses,
                                          pick_encoder_map, resynthesize)
 from lagm_ray.synthetic import SyntheticSource
-from lagm_ray.trainer import Callback
 
 DECODER = {"train.method": "layermatch", "layermatch.mode": "decoder", "layermatch.decoder_steps": 3,
            "layermatch.decoder_width": 8, "train.annotator_optim.name": "adam", "train.segmentor_optim.name": "adam"}
@@ -116,20 +116,12 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(tiny_config, kind):
     assert not all(torch.equal(a, b) for a, b in zip(pretrained, enc))  # and fine-tuning moves it
 
 
-class CopyAt(Callback):
-    def __init__(self, step, directory):
-        self.step, self.directory = step, directory
-
-    def on_checkpoint(self, step, trainer):
-        if step == self.step:
-            trainer.save(self.directory / "killed.pt")
-
 
 @pytest.mark.parametrize("mode", ["decoder", "pretrain"])
 def test_resume_equals_uninterrupted(tiny_config, tmp_path, mode):
     cfg = {**(DECODER if mode == "decoder" else PRETRAIN), "train.checkpoint_interval": 1}
     full = build_trainer(tiny_config(**cfg))
-    full.fit([CopyAt(2, tmp_path)])  # killed inside the first stage
+    full.fit([KeepCheckpointAt(2, tmp_path)])  # killed inside the first stage
     resumed = build_trainer(tiny_config(**cfg))
     resumed.load(tmp_path / "killed.pt")
     resumed.fit()
