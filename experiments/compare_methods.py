@@ -58,6 +58,10 @@ def compare(df):
             agree = "agrees" if means[better] > means[worse] else "DISAGREES"
             lines.append(f"{better} > {worse} ({source}): ours {agree} "
                          f"({100 * means[better]:.1f} vs {100 * means[worse]:.1f})")
+    lines.append("DatasetGAN's own ablations (ADE-Car-12 mIoU %; run them with search_spaces/datasetgan_set_size.yaml "
+                 "and datasetgan_filter_ratio.yaml): set size " +
+                 ", ".join(f"{k // 1000}k {v}" for k, v in paper.DATASETGAN_SET_SIZE.items()) + "; filter ratio " +
+                 ", ".join(f"{int(100 * k)}% {v}" for k, v in paper.DATASETGAN_FILTER_RATIO.items()))
     t.caption = "\n".join(lines)
     return t
 

@@ -58,3 +58,31 @@ def test_compare_methods_sweep_is_every_method_over_three_seeds():
     assert spec.space["train.method"].values == ["lagm", "supervised"]
     with pytest.raises(ConfigError, match="train.method"):
         spec.set_grid("train.method", ["lagm", "no_such_method"])
+
+
+def test_compare_methods_prints_papers_orderings_beside_ours():
+    import importlib.util
+    import sys
+
+    from rich.console import Console
+
+    from lagm_ray.experiment import ROOT
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "experiments" / "compare_methods.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    df = pd.DataFrame({"train.method": ["lagm", "lagm", "supervised", "supervised", "inversion", "inversion"],
+                       "run.seed": [0, 1, 0, 1, 0, 1],
+                       "test FG-mIoU": [0.50, 0.60, 0.40, 0.42, 0.70, 0.70],
+                       "test mIoU": [0.6, 0.7, 0.5, 0.5, 0.8, 0.8]})
+    console = Console(width=250, record=True)
+    console.print(script.compare(df))
+    text = console.export_text()
+    assert "lagm > supervised" in text and "ours agrees (55.0 vs 41.0)" in text
+    assert "lagm > inversion" in text and "ours DISAGREES (55.0 vs 70.0)" in text
+    assert "55.0 ± 7.1" in text  # mean ± sample std over the two seeds
+    assert "48.57 ± 0.38" in text  # the paper's inversion number beside ours
