@@ -416,3 +416,15 @@ def test_config_keys_for_real_sets():
     cfg = load_config(overrides=["data.cv_fold=3", "data.cv_folds=5", "data.unlabelled_root=/lsun/horse"])
     assert (cfg.data.cv_fold, cfg.data.cv_folds, cfg.data.unlabelled_root) == (3, 5, "/lsun/horse")
     assert DataConfig().cv_fold == 0 and DataConfig().unlabelled_root is None
+
+
+def test_data_report_counts_pixels_and_frequencies():
+    from lagm_ray.data.files import DataReport
+
+    r = DataReport("x", "/root", ["bg", "a", "b"], class_pixels=[0, 0, 0])
+    image = np.zeros((2, 3, 3), np.uint8)
+    r.add(image, np.array([[0, 0, 1], [1, 1, 2]], np.uint8))
+    r.add(image, np.array([[2, 2, 2], [2, 0, 0]], np.uint8))
+    assert r.class_pixels == [4, 3, 5]
+    assert r.class_frequencies() == pytest.approx({"bg": 4 / 12, "a": 3 / 12, "b": 5 / 12})
+    assert len(r.samples) == 2 and r.ok

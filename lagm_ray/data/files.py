@@ -108,6 +108,10 @@ class DataReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def class_frequencies(self) -> dict[str, float]:
+        total = max(1, sum(self.class_pixels))
+        return {n: c / total for n, c in zip(self.class_names, self.class_pixels)}
+
     def add(self, image: np.ndarray, mask: np.ndarray, max_samples: int = 8) -> None:
         """Count a checked pair's class pixels; keep the first few (same-size) pairs for the picture."""
         counts = np.bincount(mask.ravel(), minlength=len(self.class_names))[: len(self.class_names)]
@@ -141,7 +145,3 @@ def check_pairs(dataset: str, root: str | Path, class_names: Sequence[str],
             continue
         report.add(image, mask)
     return report
-
-    def class_frequencies(self) -> dict[str, float]:
-        total = max(1, sum(self.class_pixels))
-        return {n: c / total for n, c in zip(self.class_names, self.class_pixels)}
