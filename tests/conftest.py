@@ -112,3 +112,17 @@ class KeepCheckpointAt(Callback):
     def on_checkpoint(self, step, trainer):
         if step == self.step:
             trainer.save(self.directory / "killed.pt")
+
+
+def lagm_cli(args: list[str]):
+    """``lagm ARGS`` through the real typer app, in this process (no interpreter start-up per call):
+    the result has ``returncode``, ``stdout`` and ``stderr`` like a finished subprocess."""
+    import types
+
+    from typer.testing import CliRunner
+
+    from lagm_ray.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    err = "" if r.exception is None or isinstance(r.exception, SystemExit) else repr(r.exception)
+    return types.SimpleNamespace(returncode=r.exit_code, stdout=r.output, stderr=err)

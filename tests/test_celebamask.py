@@ -325,17 +325,23 @@ def test_data_check_unknown_dataset_and_missing_root(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path):
+def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path, ray_local, monkeypatch, capsys):
+    """experiments/label_counts.py's main, in this process on the session's local Ray."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray in the script
-    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=uri, LAGM_STORAGE_PATH=str(tmp_path / "ray"))
-    cmd = [sys.executable, str(ROOT / "experiments" / "label_counts.py"), "--dataset", "celebamask-hq",
-           "--root", str(clean_tree), "--quick", "--labels", "3", "--steps", "2",
-           "--set", "train.eval_interval=2", "--set", "data.num_val=3", "--set", "data.num_test=3",
-           "--set", "eval.num_annotator_samples=2", "--set", f"run.output_dir={tmp_path / 'runs'}"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "1 trials (0 failed)" in out.stdout, out.stdout[-3000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("LAGM_STORAGE_PATH", str(tmp_path / "ray"))
+    monkeypatch.chdir(tmp_path)
+    script = label_counts_script()
+    from lagm_ray.experiment import SEARCH_SPACES, main
+
+    argv = ["--dataset", "celebamask-hq", "--root", str(clean_tree), "--quick", "--labels", "3", "--steps", "2",
+            "--set", "train.eval_interval=2", "--set", "data.num_val=3", "--set", "data.num_test=3",
+            "--set", "eval.num_annotator_samples=2", "--set", f"run.output_dir={tmp_path / 'runs'}"]
+    rc = main(SEARCH_SPACES / "label_counts.yaml", script.__doc__, argv, compare=script.compare,
+              extra_flags=script.flags, adjust=script.adjust)
+    out = capsys.readouterr().out
+    assert rc == 0, out[-4000:]
+    assert "1 trials (0 failed)" in out, out[-3000:]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -350,8 +356,8 @@ def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path):
     assert "result/test/fg_miou" in kid.data.metrics
 
 
-def label_counts_spec(*argv: str):
-    """experiments/label_counts.py's sweep for these flags, without running it."""
+def label_counts_script():
+    """experiments/label_counts.py as a module (its flags, adjust and compare)."""
     import importlib.util
 
     sys.path.insert(0, str(ROOT / "experiments"))
@@ -361,6 +367,12 @@ def label_counts_spec(*argv: str):
         spec.loader.exec_module(script)
     finally:
         sys.path.remove(str(ROOT / "experiments"))
+    return script
+
+
+def label_counts_spec(*argv: str):
+    """experiments/label_counts.py's sweep for these flags, without running it."""
+    script = label_counts_script()
     import argparse
 
     from lagm_ray.experiment import SEARCH_SPACES, add_sweep_flags, spec_from_args

@@ -2,11 +2,9 @@
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import lagm_cli
 import torch
 import torch.nn.functional as F
 
@@ -154,8 +152,7 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path):
 def test_cli_trains_datasetgan(tiny_config, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(tiny_config(**SMALL).to_yaml())
-    out = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "train", "--config", str(cfg_file), "--no-track"],
-                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    out = lagm_cli(["train", "--config", str(cfg_file), "--no-track"])
     assert out.returncode == 0, out.stdout + out.stderr
     run_dir = tmp_path / "runs" / "tiny"
     result = json.loads((run_dir / "result.json").read_text())

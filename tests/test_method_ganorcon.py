@@ -3,12 +3,10 @@ network per setting, resume, the CLI."""
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import KeepCheckpointAt
+from conftest import KeepCheckpointAt, lagm_cli
 import torch
 import torch.nn.functional as F
 
@@ -177,9 +175,8 @@ def test_config_errors(tiny_config):
 def test_cli_train(tiny_config, tmp_path):
     cfg = tiny_config(**SMALL)
     (tmp_path / "tiny.yaml").write_text(cfg.to_yaml())
-    out = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "train", "--config", str(tmp_path / "tiny.yaml"),
-                          "--set", "ganorcon.projector=mlp"], cwd=Path(__file__).parents[1], capture_output=True,
-                         text=True, timeout=300)
+    out = lagm_cli(["train", "--config", str(tmp_path / "tiny.yaml"),
+                    "--set", "ganorcon.projector=mlp"])
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((Path(cfg.run.output_dir) / "tiny" / "result.json").read_text())
     assert 0 <= result["test/fg_miou"] <= 1

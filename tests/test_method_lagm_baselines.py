@@ -1,12 +1,10 @@
 """LAGM's Appendix C baselines: pseudo_label, inversion and K-step MAML."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import lagm_cli
 import torch
 from torch import nn
 
@@ -243,9 +241,8 @@ def test_cli_trains_pseudo_label(tiny_config, tmp_path):
     cfg = tiny_config()
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(cfg.to_yaml())
-    out = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "train", "--config", str(cfg_file), "--set",
-                          "train.method=pseudo_label"], cwd=Path.cwd(), capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=600)
+    out = lagm_cli(["train", "--config", str(cfg_file), "--set",
+                    "train.method=pseudo_label"])
     assert out.returncode == 0, out.stdout + out.stderr
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()

@@ -2,12 +2,10 @@
 being where fine-tuning starts, resume, the CLI."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import KeepCheckpointAt
+from conftest import KeepCheckpointAt, lagm_cli
 import torch
 
 from lagm_ray.config import ConfigError
@@ -144,9 +142,8 @@ def test_config_errors(tiny_config):
 def test_cli_train(tiny_config, tmp_path):
     cfg = tiny_config(**{**PRETRAIN, "layermatch.decoder_steps": 3})
     (tmp_path / "tiny.yaml").write_text(cfg.to_yaml())
-    out = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "train", "--config", str(tmp_path / "tiny.yaml"),
-                          "--set", "layermatch.mode=decoder"], cwd=Path(__file__).parents[1], capture_output=True,
-                         text=True, timeout=300)
+    out = lagm_cli(["train", "--config", str(tmp_path / "tiny.yaml"),
+                    "--set", "layermatch.mode=decoder"])
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((Path(cfg.run.output_dir) / "tiny" / "result.json").read_text())
     assert 0 <= result["test/fg_miou"] <= 1 and "annotator/fg_miou_vs_truth" in result

@@ -1,11 +1,10 @@
 """RepurposeGAN (train.method=repurposegan) and its layer-group sweep."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import lagm_cli
 import torch
 import torch.nn.functional as F
 
@@ -112,8 +111,8 @@ def test_layer_sweep_loads_and_every_trial_is_valid():
 def test_cli_trains_repurposegan(tiny_config, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(tiny_config(**SMALL).to_yaml())
-    out = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "train", "--config", str(cfg_file), "--no-track",
-                          "--set", "repurposegan.model=mlp"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = lagm_cli(["train", "--config", str(cfg_file), "--no-track",
+                    "--set", "repurposegan.model=mlp"])
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "runs" / "tiny" / "result.json").read_text())
     assert 0 <= result["test/fg_miou"] <= 1 and "annotator/fg_miou_vs_truth" in result
