@@ -126,3 +126,19 @@ def lagm_cli(args: list[str]):
     r = CliRunner().invoke(app, [str(a) for a in args])
     err = "" if r.exception is None or isinstance(r.exception, SystemExit) else repr(r.exception)
     return types.SimpleNamespace(returncode=r.exit_code, stdout=r.output, stderr=err)
+
+
+def load_experiment(name: str):
+    """experiments/<name>.py as a module (its flags, adjust and compare), without running its __main__."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "experiments"))  # for the script's `import _path`
+    try:
+        spec = importlib.util.spec_from_file_location(name, root / "experiments" / f"{name}.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(root / "experiments"))
+    return script

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_experiment
 import torch
 from PIL import Image
 
@@ -331,7 +332,7 @@ def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path, ray_local, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("LAGM_STORAGE_PATH", str(tmp_path / "ray"))
     monkeypatch.chdir(tmp_path)
-    script = label_counts_script()
+    script = load_experiment("label_counts")
     from lagm_ray.experiment import SEARCH_SPACES, main
 
     argv = ["--dataset", "celebamask-hq", "--root", str(clean_tree), "--quick", "--labels", "3", "--steps", "2",
@@ -356,23 +357,9 @@ def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path, ray_local, monke
     assert "result/test/fg_miou" in kid.data.metrics
 
 
-def label_counts_script():
-    """experiments/label_counts.py as a module (its flags, adjust and compare)."""
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        spec = importlib.util.spec_from_file_location("label_counts", ROOT / "experiments" / "label_counts.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
-    return script
-
-
 def label_counts_spec(*argv: str):
     """experiments/label_counts.py's sweep for these flags, without running it."""
-    script = label_counts_script()
+    script = load_experiment("label_counts")
     import argparse
 
     from lagm_ray.experiment import SEARCH_SPACES, add_sweep_flags, spec_from_args

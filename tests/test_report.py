@@ -4,6 +4,7 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import load_experiment
 
 from lagm_ray.config import ConfigError
 from lagm_ray.experiment import SEARCH_SPACES
@@ -61,20 +62,9 @@ def test_compare_methods_sweep_is_every_method_over_three_seeds():
 
 
 def test_compare_methods_prints_papers_orderings_beside_ours():
-    import importlib.util
-    import sys
-
     from rich.console import Console
 
-    from lagm_ray.experiment import ROOT
-
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "experiments" / "compare_methods.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
+    script = load_experiment("compare_methods")
     df = pd.DataFrame({"train.method": ["lagm", "lagm", "supervised", "supervised", "inversion", "inversion"],
                        "run.seed": [0, 1, 0, 1, 0, 1],
                        "test FG-mIoU": [0.50, 0.60, 0.40, 0.42, 0.70, 0.70],
