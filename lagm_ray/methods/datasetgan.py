@@ -113,22 +113,6 @@ class DatasetGANTrainer(LabelThenDistill):
             self.annotated_masks, g.pixels_per_image, torch.Generator().manual_seed(seed + 1 + m)))
             for m in range(g.num_classifiers)]
 
-    @property
-    def labeller_steps(self) -> int:
-        return self.cfg.datasetgan.labeller_steps
-
-    @property
-    def set_size(self) -> int:
-        return self.cfg.datasetgan.set_size
-
-    @property
-    def generate_batch_size(self) -> int:
-        return self.cfg.datasetgan.generate_batch_size
-
-    @property
-    def filter_ratio(self) -> float:
-        return self.cfg.datasetgan.filter_ratio
-
     def labeller_step(self) -> dict[str, float]:
         """One minibatch of pixels for every member, each from its own pool."""
         A, g = self.annotator, self.cfg.datasetgan

@@ -35,26 +35,32 @@ class GeneratedSet:
 
 
 class LabelThenDistill(Trainer):
-    """Subclasses set ``self.annotator`` (the labeller) in build() and implement ``labeller_steps``,
+    """Subclasses set ``self.annotator`` (the labeller) in build() and implement
     ``labeller_step``, ``label_generated`` and ``segmentor_loss``."""
 
     generated: GeneratedSet | None = None
 
+    # The stage keys live in the method's own config section (named like the method): labeller_steps,
+    # set_size, generate_batch_size and, where the method filters, filter_ratio.
+    @property
+    def section(self) -> Any:
+        return getattr(self.cfg, self.cfg.train.method)
+
     @property
     def labeller_steps(self) -> int:
-        raise NotImplementedError
+        return self.section.labeller_steps
 
     @property
     def set_size(self) -> int:
-        raise NotImplementedError
+        return self.section.set_size
 
     @property
     def generate_batch_size(self) -> int:
-        raise NotImplementedError
+        return self.section.generate_batch_size
 
     @property
     def filter_ratio(self) -> float:
-        return 0.0
+        return getattr(self.section, "filter_ratio", 0.0)
 
     def labeller_step(self) -> dict[str, float]:
         raise NotImplementedError

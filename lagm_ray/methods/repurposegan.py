@@ -121,18 +121,6 @@ class RepurposeGANTrainer(LabelThenDistill):
         self.annotated_features = [annotated.features[i] for i in self.feature_index]
         self.annotated_masks = resize_labels(annotated.masks, self.label_size).to(self.device)
 
-    @property
-    def labeller_steps(self) -> int:
-        return self.cfg.repurposegan.labeller_steps
-
-    @property
-    def set_size(self) -> int:
-        return self.cfg.repurposegan.set_size
-
-    @property
-    def generate_batch_size(self) -> int:
-        return self.cfg.repurposegan.generate_batch_size
-
     def labeller_step(self) -> dict[str, float]:
         """A batch of annotated images; the lr drops x0.1 every lr_decay_epochs epochs (a function of the
         step alone, so a resumed run follows the same schedule)."""
