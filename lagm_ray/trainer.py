@@ -220,6 +220,13 @@ class Trainer:
             self.grad_sync(params)
         opt.step()
 
+    def minimise(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+        """One step of ``opt`` on ``loss``: fresh gradients, then :meth:`_apply` (NaN-cleaned, averaged
+        across workers). Every method's plain optimiser steps go through here."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._apply(opt, list(params))
+
     def annotator_step(self) -> dict[str, float]:
         t = self.cfg.train
         A, S = self.annotator, self.segmentor
@@ -248,9 +255,7 @@ class Trainer:
         with torch.no_grad():
             annot_logits = A(features)
         loss = gm.synthetic_loss(S(syn_images), annot_logits, self.cfg.train.synthetic_target)
-        self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_s, list(S.parameters()))
+        self.minimise(loss, self.opt_s, S.parameters())
         return {"loss/segmentor": loss.item()}
 
     def segmentor_step_supervised(self) -> dict[str, float]:
@@ -258,9 +263,7 @@ class Trainer:
         S.train()
         images, masks = self.labelled_batch()
         loss = F.cross_entropy(S(images), masks, ignore_index=255)
-        self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_s, list(S.parameters()))
+        self.minimise(loss, self.opt_s, S.parameters())
         return {"loss/segmentor": loss.item()}
 
     def train_step(self) -> dict[str, float]:

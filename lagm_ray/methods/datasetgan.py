@@ -124,9 +124,7 @@ class DatasetGANTrainer(LabelThenDistill):
             feats = features_at(self.annotated_features, self.label_size, b_, y_, x_)
             losses.append(F.cross_entropy(member(feats), self.annotated_masks[b_, y_, x_]))
         loss = torch.stack(losses).sum()  # members share no weights: the sum trains each on its own loss
-        self.opt_a.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_a, list(A.parameters()))
+        self.minimise(loss, self.opt_a, A.parameters())
         return {"loss/interpreter": loss.item() / len(losses)}
 
     def label_generated(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -369,9 +369,7 @@ class GANORCONTrainer(Trainer):
             group["lr"] = lr
         self.moco.train()
         loss = self.moco.loss(x_q, x_k)
-        self.opt_moco.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_moco, self.moco_params)
+        self.minimise(loss, self.opt_moco, self.moco_params)
         return {"loss/moco": loss.item(), "lr/moco": lr}
 
     def projector_step(self) -> dict[str, float]:
@@ -385,9 +383,7 @@ class GANORCONTrainer(Trainer):
             group["lr"] = lr
         self.teacher.train()
         loss = F.cross_entropy(self.teacher(images), masks, ignore_index=255)
-        self.opt_proj.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_proj, list(self.teacher.projector.parameters()))
+        self.minimise(loss, self.opt_proj, self.teacher.projector.parameters())
         return {"loss/projector": loss.item(), "lr/projector": lr}
 
     def distill_step(self) -> dict[str, float]:
@@ -399,9 +395,7 @@ class GANORCONTrainer(Trainer):
         S = self.segmentor
         S.train()
         loss = F.cross_entropy(S(x), labels)
-        self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_s, list(S.parameters()))
+        self.minimise(loss, self.opt_s, S.parameters())
         return {"loss/distill": loss.item()}
 
     def method_state(self) -> dict[str, Any]:

@@ -118,9 +118,7 @@ class LabelThenDistill(Trainer):
         idx = torch.randperm(len(data), generator=self.rng)[:self.cfg.train.synthetic_batch_size]
         images = images_from_uint8(data.images[idx]).to(self.device)
         loss = self.segmentor_loss(images, data.targets[idx].to(self.device))
-        self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_s, list(S.parameters()))
+        self.minimise(loss, self.opt_s, S.parameters())
         return {"loss/segmentor": loss.item()}
 
     def method_state(self) -> dict[str, Any]:

@@ -61,9 +61,7 @@ class AnnotatorBaseline(Trainer):
         A = self.annotator
         A.train()
         loss = F.cross_entropy(logits_to(A(features), labels.shape[-2:]), labels, ignore_index=255)
-        self.opt_a.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_a, list(A.parameters()))
+        self.minimise(loss, self.opt_a, A.parameters())
         return loss.item()
 
     def segmentor_step_frozen_annotator(self) -> dict[str, float]:

@@ -212,9 +212,7 @@ class LayerMatchTrainer(Trainer):
         A.train()
         logits = A([f[idx] for f in self.annotated_features])
         loss = F.cross_entropy(logits, resize_labels(self.annotated_masks[idx], logits.shape[-2:]), ignore_index=255)
-        self.opt_a.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_a, list(A.parameters()))
+        self.minimise(loss, self.opt_a, A.parameters())
         return {"loss/decoder": loss.item()}
 
     def segmentor_step_decoder_labels(self) -> dict[str, float]:
@@ -224,9 +222,7 @@ class LayerMatchTrainer(Trainer):
         S = self.segmentor
         S.train()
         loss = F.cross_entropy(S(images), labels)
-        self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_s, list(S.parameters()))
+        self.minimise(loss, self.opt_s, S.parameters())
         return {"loss/segmentor": loss.item()}
 
     # ---- pretrain
@@ -271,9 +267,7 @@ class LayerMatchTrainer(Trainer):
         self.heads.train()
         match, rec = self.layermatch_loss(z, m)
         loss = lm.rec_weight * rec + match
-        self.opt_lm.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_lm, [*self.encoder_params, *self.heads.parameters()])
+        self.minimise(loss, self.opt_lm, [*self.encoder_params, *self.heads.parameters()])
         return {"loss/layermatch": loss.item(), "loss/match": match.item(), "loss/rec": rec.item(),
                 "lr/layermatch": lr}
 

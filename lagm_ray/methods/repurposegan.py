@@ -134,9 +134,7 @@ class RepurposeGANTrainer(LabelThenDistill):
         idx = idx.to(self.device)
         A.train()
         loss = F.cross_entropy(A([f[idx] for f in self.annotated_features]), self.annotated_masks[idx])
-        self.opt_a.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply(self.opt_a, list(A.parameters()))
+        self.minimise(loss, self.opt_a, A.parameters())
         return {"loss/fewshot": loss.item(), "lr/fewshot": self.opt_a.param_groups[0]["lr"]}
 
     def label_generated(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
