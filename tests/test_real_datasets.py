@@ -428,3 +428,18 @@ def test_data_report_counts_pixels_and_frequencies():
     assert r.class_pixels == [4, 3, 5]
     assert r.class_frequencies() == pytest.approx({"bg": 4 / 12, "a": 3 / 12, "b": 5 / 12})
     assert len(r.samples) == 2 and r.ok
+
+
+def test_to_tensors_resizes_each_image_and_mask_on_its_own():
+    import torch
+
+    from lagm_ray.data.files import to_tensors
+
+    image = np.full((8, 8, 3), 255, np.uint8)  # already the target size
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, 8:] = 2  # right half, at twice the image's size
+    x, y = to_tensors([image, np.zeros((4, 4, 3), np.uint8)], [mask, np.ones((4, 4), np.uint8)], 8)
+    assert x.shape == (2, 3, 8, 8) and y.shape == (2, 8, 8)
+    assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0)
+    assert torch.equal(y[0, :, :4], torch.zeros(8, 4, dtype=torch.long)) and torch.all(y[0, :, 4:] == 2)
+    assert torch.all(y[1] == 1)

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError, DataConfig
 from .datasets import LabelledSplits, resize_labels
-from .files import DataError, DataReport, read_image, read_label_png
+from .files import DataError, DataReport, image_tensor, read_image, read_label_png
 
 CLASS_NAMES = ["background", "ear", "eye", "eyebrow", "skin", "hair", "mouth", "nose"]
 
@@ -141,11 +140,6 @@ def read_sample(root: str | Path, i: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def _image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    return x if x.shape[-1] == size and x.shape[-2] == size else F.interpolate(x, size=(size, size), mode="area")
-
-
 def _in_threads(fn, ids: list[int]) -> list:
     """``fn`` over ``ids`` in order, in threads (PIL releases the GIL while decoding)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -160,7 +154,7 @@ def _load_labelled(root: Path, ids: list[int], size: int) -> tuple[torch.Tensor,
 
     def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = read_sample(root, i)
-        return _image_tensor(image, size), resize_labels(torch.from_numpy(mask).long()[None], size)
+        return image_tensor(image, size), resize_labels(torch.from_numpy(mask).long()[None], size)
 
     pairs = _in_threads(one, ids)
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
@@ -195,7 +189,7 @@ def load_unlabelled(data: DataConfig, size: int, n: int) -> torch.Tensor:
         raise ConfigError(f"unlabelled images: {e}") from None
     if not ids:
         return torch.zeros(0, 3, size, size)
-    return torch.cat(_in_threads(lambda i: _image_tensor(read_image(image_path(root, i)), size), ids))
+    return torch.cat(_in_threads(lambda i: image_tensor(read_image(image_path(root, i)), size), ids))
 
 
 def check(root: str | Path, limit: int | None = None, num_samples: int = 8) -> DataReport:
@@ -222,5 +216,5 @@ def check(root: str | Path, limit: int | None = None, num_samples: int = 8) -> D
 
 def _picture_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The image at its mask's size (area), uint8, for the check picture."""
-    x = _image_tensor(image, shape[0])[0].permute(1, 2, 0)
+    x = image_tensor(image, shape[0])[0].permute(1, 2, 0)
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

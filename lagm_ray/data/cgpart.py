@@ -155,7 +155,7 @@ def load_pairs(pairs: list[tuple[Path, Path]], size: int) -> tuple[torch.Tensor,
     images, masks = [], []
     for ip, mp in pairs:
         image, mask = read_pair(ip, mp)
-        x, y = to_tensors([image], [mask], size)  # one by one: the real crops differ in size
+        x, y = to_tensors([image], [mask], size)
         images.append(x)
         masks.append(y)
     if not images:

@@ -182,7 +182,7 @@ class DatasetGANSet:
             image, mask = self.read_pair(ip, mp)
             if clean:
                 mask = clean_small_labels(mask)
-            x, y = to_tensors([image], [mask], size)  # separately: image and mask sizes may differ
+            x, y = to_tensors([image], [mask], size)
             images.append(x)
             masks.append(y)
         return torch.cat(images), torch.cat(masks)

@@ -36,13 +36,6 @@ def resize_labels(labels: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def resize_pair(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images by area averaging, masks by nearest neighbour."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images, masks
-    return F.interpolate(images, size=(size, size), mode="area"), resize_labels(masks, size)
-
-
 def load_labelled_splits(data: DataConfig) -> LabelledSplits:
     """Load at the segmentor's input resolution (``seg_resolution`` or ``resolution``)."""
     size = data.seg_resolution or data.resolution

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 class DataError(ValueError):
@@ -75,21 +76,23 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: str | Path,
                         f"{image.shape[1]}x{image.shape[0]}")
 
 
+def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """A uint8 HWC image -> [1, 3, S, S] in [-1, 1], by area averaging (as is when already S x S)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return x if x.shape[-2:] == (size, size) else F.interpolate(x, size=(size, size), mode="area")
+
+
 def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 HWC images and label maps (all the same size) -> ([N,3,S,S] in [-1,1], [N,S,S] int64),
-    images by area averaging, masks by nearest neighbour."""
-    from .datasets import resize_pair
+    """uint8 HWC images and their label maps -> ([N,3,S,S] in [-1,1], [N,S,S] int64): each image by area
+    averaging and each mask by nearest neighbour, on its own, since an image and its mask may differ in
+    size (CelebAMask-HQ, DatasetGAN's sets) and so may the pairs."""
+    from .datasets import resize_labels
 
     if not images:
         return torch.zeros(0, 3, size, size), torch.zeros(0, size, size, dtype=torch.long)
-    out_i, out_m = [], []
-    for im, m in zip(images, masks):
-        x = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        y = torch.from_numpy(np.ascontiguousarray(m)).long()[None]
-        x, y = resize_pair(x, y, size)
-        out_i.append(x)
-        out_m.append(y)
-    return torch.cat(out_i), torch.cat(out_m)
+    xs = [image_tensor(im, size) for im in images]
+    ys = [resize_labels(torch.from_numpy(np.ascontiguousarray(m)).long()[None], size) for m in masks]
+    return torch.cat(xs), torch.cat(ys)
 
 
 @dataclass

@@ -47,7 +47,7 @@ import torch
 
 from ..config import ConfigError, DataConfig
 from .datasets import LabelledSplits
-from .files import DataError, DataReport, check_same_size, read_image, to_tensors
+from .files import DataError, DataReport, check_same_size, image_tensor, read_image, to_tensors
 
 NUM_LABELLED = 180  # the reference's train / validation cut of the VOC train crops
 MAX_OVERLAP_IOU = 0.05
@@ -340,7 +340,5 @@ def load_image_folder(folder: str | Path, size: int, n: int) -> torch.Tensor:
         raise DataError(f"{folder}: {n} unlabelled images requested, the folder holds {len(paths)}")
     out = []
     for p in paths[:n]:
-        im = center_crop_square(read_image(p))
-        x, _ = to_tensors([im], [np.zeros(im.shape[:2], dtype=np.uint8)], size)
-        out.append(x)
+        out.append(image_tensor(center_crop_square(read_image(p)), size))
     return torch.cat(out) if out else torch.zeros(0, 3, size, size)
