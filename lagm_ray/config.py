@@ -88,7 +88,7 @@ class TrainConfig:
     # lagm and supervised are the paper's; the rest are the methods it is compared with, each
     # configured in its own section below (lagm_ray/methods/ holds one module per method).
     method: Literal["lagm", "supervised", "pseudo_label", "inversion", "maml", "datasetgan", "repurposegan",
-                    "ganorcon", "layermatch"] = "lagm"
+                    "ganorcon", "layermatch", "true_masks"] = "lagm"
     steps: int = 150_000
     # Algorithm 1's K: the segmentor is updated once every K annotator steps.
     # The reference code accepts K but always behaves as K = 1; K > 1 is implemented here.

@@ -26,6 +26,7 @@ METHODS: dict[str, str] = {
     "pseudo_label": "lagm_ray.methods.lagm_baselines:PseudoLabelTrainer",
     "inversion": "lagm_ray.methods.lagm_baselines:InversionTrainer",
     "maml": "lagm_ray.methods.lagm_baselines:MAMLTrainer",
+    "true_masks": "lagm_ray.methods.true_masks:TrueMasksTrainer",  # the embedded world's ceiling
 }
 
 
