@@ -42,27 +42,48 @@ PAPER = {"deeplab": {"All": 3.34, "Res2..Head": 3.34, "Res3..Head": 3.28, "Res4.
          "unet": {"All": 1.0, "Up": 0.65, "Down": 0.73, "Input": 0.73, "Output": 0.34, "U1": 0.71, "U2": 0.63}}
 
 
-def seconds_per_step(trainer: Trainer, steps: int, warmup: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # CUDA kernels run asynchronously: time what has finished
+
+
+def gpu_utilisation(device: torch.device) -> float | None:
+    """The GPU's utilisation in % as NVML reports it (None on CPU or without pynvml)."""
+    if device.type != "cuda":
+        return None
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # pynvml missing or NVML unavailable
+        return None
+
+
+def seconds_per_step(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float | None]:
+    """Median seconds of a whole train step, and the mean GPU utilisation sampled after each step."""
     for _ in range(warmup):
         trainer.train_step()
-    times = []
+    _sync(trainer.device)
+    times, util = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
         trainer.train_step()
+        _sync(trainer.device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        u = gpu_utilisation(trainer.device)
+        if u is not None:
+            util.append(u)
+    return statistics.median(times), (statistics.mean(util) if util else None)
 
 
 def bench_blocks(kind: str, width: int | None, blocks: dict[str, list[str]], resolution: int, steps: int,
-                 warmup: int, batch: int) -> dict[str, float]:
+                 warmup: int, batch: int, device: str, gpu_util: dict[str, float | None]) -> dict[str, float]:
     base = {"segmentor.kind": kind, "segmentor.width": width, "data.resolution": 64,
             "data.seg_resolution": resolution, "data.num_labelled": batch, "data.num_val": 4, "data.num_test": 4,
             "train.labelled_batch_size": batch, "train.synthetic_batch_size": batch, "tracking.enabled": False,
-            "annotator.width": 32}
+            "annotator.width": 32, "run.device": device}
     out = {}
     for name, b in blocks.items():
         trainer = Trainer(load_config(None, {**base, "train.matched_blocks": b}))
-        out[name] = seconds_per_step(trainer, steps, warmup)
+        out[name], gpu_util[f"{kind}/{name}"] = seconds_per_step(trainer, steps, warmup)
         print(f"  {kind} {name:>11}: {1000 * out[name]:8.1f} ms/step", flush=True)
     return out
 
@@ -283,6 +304,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--only", choices=["gm", "ray", "data", "memory"], help="one group of benchmarks")
     ap.add_argument("--trial-steps", type=int, default=16, help="steps per Tune/Optuna trial (about 10 s each)")
+    ap.add_argument("--device", default="auto", help="gradient-matching bench device: auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--resolution", type=int, default=None,
+                    help="segmentor input size (default: 32 quick, 64 on CPU, 256 on a GPU as in the paper)")
     args = ap.parse_args()
     if args.only in (None, "memory"):
         print("Annotator memory: LAGM's FPN against DatasetGAN's MLP ensemble, same features", flush=True)
@@ -302,6 +326,9 @@ def main() -> None:
         merge_results(r, {"ray_train_over_plain": ">= 0.95", "tune_over_optuna": "<= 0.7"})
     if args.only not in (None, "gm"):
         return
+    from lagm_ray.config import resolve_device
+
+    device = resolve_device(args.device)
     torch.set_num_threads(2)
     steps = args.steps or (3 if args.quick else 8)
     warmup = 1 if args.quick else 2
@@ -311,10 +338,11 @@ def main() -> None:
     else:
         deeplab = ("deeplabv3_resnet101", None)
         unet = ("unet", 64)
-    res = 32 if args.quick else 64
-    print(f"gradient matching by block: {deeplab[0]} and {unet[0]} at {res} px, batch 2", flush=True)
-    d = bench_blocks(*deeplab, DEEPLAB_BLOCKS, res, steps, warmup, 2)
-    u = bench_blocks(*unet, UNET_BLOCKS, res, steps, warmup, 2)
+    res = args.resolution or (32 if args.quick else 256 if device.type == "cuda" else 64)
+    print(f"gradient matching by block: {deeplab[0]} and {unet[0]} at {res} px, batch 2, {device}", flush=True)
+    gpu_util: dict[str, float | None] = {}
+    d = bench_blocks(*deeplab, DEEPLAB_BLOCKS, res, steps, warmup, 2, str(device), gpu_util)
+    u = bench_blocks(*unet, UNET_BLOCKS, res, steps, warmup, 2, str(device), gpu_util)
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.update({
@@ -323,9 +351,12 @@ def main() -> None:
         "gm_blocks_deeplab": {k: v / d["Head"] for k, v in d.items()},  # paper's Table 2 is relative to Head
         "gm_blocks_unet": {k: v / u["All"] for k, v in u.items()},  # Table C.8 is relative to All
         "gm_seconds_per_step": {"deeplab": d, "unet": u},
+        "gm_steps_per_second": {"deeplab": {k: 1 / v for k, v in d.items()}, "unet": {k: 1 / v for k, v in u.items()}},
+        "gm_gpu_utilisation_percent": gpu_util if device.type == "cuda" else None,
         "gm_setting": {"deeplab": deeplab[0], "deeplab_width": deeplab[1], "unet_width": unet[1],
                        "seg_resolution": res, "batch": 2, "steps": steps, "quick": args.quick,
-                       "device": "cpu", "threads": torch.get_num_threads(), "machine": platform.machine()},
+                       "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                       "threads": torch.get_num_threads(), "machine": platform.machine()},
     })
     atomic_write_text(RESULTS, json.dumps(results, indent=2, sort_keys=True))
     print("\n| blocks (DeepLabv3) | ours, time/step vs Head | paper Table 2 |")
