@@ -31,14 +31,19 @@ def _agreement(images: torch.Tensor, ref_images: torch.Tensor, masks: torch.Tens
     return torch.stack(out)
 
 
+def generated_and_rendered(source: SyntheticSource, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``n`` generated images, the renders of their latents' scenes and the true masks, on the CPU."""
+    batch = source.sample(n, seed=seed)
+    renders, masks = render(source.category, latent_to_params(batch.z.cpu(), source.meta["num_params"]),
+                            source.resolution)
+    return batch.images.cpu(), renders, masks
+
+
 @torch.no_grad()
 def part_colour_agreement(source: SyntheticSource, n: int = 32, seed: int = 4321) -> dict[str, float]:
     """Agreement of generated images and (as the ceiling) of the renders themselves, plus L1 to the render."""
-    batch = source.sample(n, seed=seed)
+    gen, renders, masks = generated_and_rendered(source, n, seed)
     C = len(source.class_names)
-    renders, masks = render(source.category, latent_to_params(batch.z.cpu(), source.meta["num_params"]),
-                            source.resolution)
-    gen = batch.images.cpu()
     return {"agreement_generated": _agreement(gen, renders, masks, C).mean().item(),
             "agreement_render": _agreement(renders, renders, masks, C).mean().item(),
             "l1_to_render": (gen - renders).abs().mean().item()}
@@ -48,8 +53,6 @@ def part_colour_agreement(source: SyntheticSource, n: int = 32, seed: int = 4321
 def l1_by_part(source: SyntheticSource, n: int = 64, seed: int = 4321) -> dict[str, float]:
     """Mean L1 (images in [-1, 1], averaged over RGB) between G(z) and the render of z's scene, over the
     pixels of each part of the true mask; parts absent from all ``n`` samples are left out."""
-    batch = source.sample(n, seed=seed)
-    renders, masks = render(source.category, latent_to_params(batch.z.cpu(), source.meta["num_params"]),
-                            source.resolution)
-    err = (batch.images.cpu() - renders).abs().mean(1)
+    gen, renders, masks = generated_and_rendered(source, n, seed)
+    err = (gen - renders).abs().mean(1)
     return {name: err[masks == c].mean().item() for c, name in enumerate(source.class_names) if (masks == c).any()}
