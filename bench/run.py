@@ -75,17 +75,18 @@ def seconds_per_step(trainer: Trainer, steps: int, warmup: int) -> tuple[float, 
 
 
 def bench_blocks(kind: str, width: int | None, blocks: dict[str, list[str]], resolution: int, steps: int,
-                 warmup: int, batch: int, device: str, gpu_util: dict[str, float | None]) -> dict[str, float]:
+                 warmup: int, batch: int, device: str) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Seconds per step and GPU utilisation (None on CPU) for each choice of matched blocks."""
     base = {"segmentor.kind": kind, "segmentor.width": width, "data.resolution": 64,
             "data.seg_resolution": resolution, "data.num_labelled": batch, "data.num_val": 4, "data.num_test": 4,
             "train.labelled_batch_size": batch, "train.synthetic_batch_size": batch, "tracking.enabled": False,
             "annotator.width": 32, "run.device": device}
-    out = {}
+    out, util = {}, {}
     for name, b in blocks.items():
         trainer = Trainer(load_config(None, {**base, "train.matched_blocks": b}))
-        out[name], gpu_util[f"{kind}/{name}"] = seconds_per_step(trainer, steps, warmup)
+        out[name], util[name] = seconds_per_step(trainer, steps, warmup)
         print(f"  {kind} {name:>11}: {1000 * out[name]:8.1f} ms/step", flush=True)
-    return out
+    return out, util
 
 
 # ------------------------------------------------------------------------------------ Ray ratios
@@ -340,9 +341,8 @@ def main() -> None:
         unet = ("unet", 64)
     res = args.resolution or (32 if args.quick else 256 if device.type == "cuda" else 64)
     print(f"gradient matching by block: {deeplab[0]} and {unet[0]} at {res} px, batch 2, {device}", flush=True)
-    gpu_util: dict[str, float | None] = {}
-    d = bench_blocks(*deeplab, DEEPLAB_BLOCKS, res, steps, warmup, 2, str(device), gpu_util)
-    u = bench_blocks(*unet, UNET_BLOCKS, res, steps, warmup, 2, str(device), gpu_util)
+    d, d_util = bench_blocks(*deeplab, DEEPLAB_BLOCKS, res, steps, warmup, 2, str(device))
+    u, u_util = bench_blocks(*unet, UNET_BLOCKS, res, steps, warmup, 2, str(device))
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.update({
@@ -352,7 +352,7 @@ def main() -> None:
         "gm_blocks_unet": {k: v / u["All"] for k, v in u.items()},  # Table C.8 is relative to All
         "gm_seconds_per_step": {"deeplab": d, "unet": u},
         "gm_steps_per_second": {"deeplab": {k: 1 / v for k, v in d.items()}, "unet": {k: 1 / v for k, v in u.items()}},
-        "gm_gpu_utilisation_percent": gpu_util if device.type == "cuda" else None,
+        "gm_gpu_utilisation_percent": {"deeplab": d_util, "unet": u_util} if device.type == "cuda" else None,
         "gm_setting": {"deeplab": deeplab[0], "deeplab_width": deeplab[1], "unet_width": unet[1],
                        "seg_resolution": res, "batch": 2, "steps": steps, "quick": args.quick,
                        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
