@@ -108,15 +108,18 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of 
 @app.command("train-generator")
 def train_generator_cmd(category: str = typer.Option("faces", help="Embedded world category."),
                         resolution: int = typer.Option(64),
-                        steps: int = typer.Option(8000),
-                        batch_size: int = typer.Option(8),
+                        steps: Optional[int] = typer.Option(None, help="Default: the recipe's (4000)."),
+                        batch_size: Optional[int] = typer.Option(None, help="Default: the recipe's (8)."),
+                        lr: Optional[float] = typer.Option(None, help="Adam's peak rate. Default: the recipe's (0.03)."),
                         seed: int = typer.Option(0),
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
                         track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
     from .generator_training import GeneratorTrainConfig
 
-    c = GeneratorTrainConfig(category=category, resolution=resolution, steps=steps, batch_size=batch_size, seed=seed)
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr}  # unset: the recipe's defaults
+    c = GeneratorTrainConfig(category=category, resolution=resolution, seed=seed,
+                             **{k: v for k, v in given.items() if v is not None})
     train_toy_generator(c, out, track=track)
 
 

@@ -28,9 +28,11 @@ from .synthetic import GENERATOR_FORMAT, latent_to_params
 class GeneratorTrainConfig:
     category: str = "faces"
     resolution: int = 64
-    steps: int = 8000
+    steps: int = 4000
     batch_size: int = 8
-    lr: float = 3e-3
+    # Adam at 3e-2 (peak of the one-cycle schedule; the layers use equalised learning rates): a 32 px
+    # probe of 2000 steps reached part-colour agreement 0.62 with it, 0.55 at 1e-2 and 0.26 at 3e-3.
+    lr: float = 3e-2
     z_dim: int = 64
     w_dim: int = 128
     mapping_layers: int = 2

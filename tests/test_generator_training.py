@@ -18,9 +18,10 @@ def test_distill_loss_by_hand():
 def test_train_generator_cli_writes_a_safe_checkpoint(tmp_path):
     out = tmp_path / "g.pt"
     res = lagm_cli(["train-generator", "--resolution", "16", "--steps", "3", "--batch-size", "2",
-                    "--out", str(out), "--no-track"])
+                    "--lr", "0.01", "--out", str(out), "--no-track"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "held-out L1" in res.stdout
     G, meta = load_generator(out)  # torch.load(weights_only=True) inside
     assert meta["train_config"]["steps"] == 3 and meta["resolution"] == 16
+    assert meta["train_config"]["lr"] == 0.01 and meta["train_config"]["batch_size"] == 2
     assert G(torch.randn(1, G.z_dim), None).shape == (1, 3, 16, 16)
