@@ -8,10 +8,11 @@ from lagm_ray.data.toyworld import CATEGORIES
 from lagm_ray.fidelity import part_colour_agreement
 from lagm_ray.synthetic import SyntheticSource, embedded_generator_path, sample
 
-# Measured on the shipped checkpoints (see README): floors a little below, so a broken generator,
-# renderer or loader fails while the shipped ones pass. The renders themselves score 0.72 (faces)
-# and 0.79 (car): texture and lighting keep even a perfect imitation below 1.
-AGREEMENT_FLOOR = {"faces": 0.60, "car": 0.62}
+# Measured on the shipped checkpoints (see README): faces 0.638, car 0.821. Floors a little below, so
+# a broken generator, renderer or loader fails while the shipped ones pass. The renders themselves
+# score 0.72 (faces) and 0.79 (car): texture and lighting keep even a perfect imitation below 1, and a
+# blurred imitation can pass the render (blur pulls colours towards their part's mean).
+AGREEMENT_FLOOR = {"faces": 0.60, "car": 0.75}
 
 
 @pytest.mark.parametrize("category", list(CATEGORIES))
