@@ -138,7 +138,11 @@ def _objective_config(params: dict, steps: int, threads: int):
 
 def bench_tune_vs_optuna(trials: int, steps: int, tmp: Path) -> dict[str, float]:
     """Wall time of `trials` LAGM trials: Ray Tune + OptunaSearch with 2 concurrent 1-thread trials
-    (Ray start-up included) against sequential Optuna in this process with 2 threads."""
+    (Ray start-up included) against sequential Optuna in this process with 2 threads.
+
+    Also, in the same run, the ratio an overhead-free Tune would reach on this machine: one 1-thread
+    trial alone in this process, times the rounds of 2 concurrent trials, over the sequential time. It
+    separates what the cores allow (how much faster 2 threads make one trial) from what Ray adds."""
     import optuna
     import ray
     import yaml
@@ -148,16 +152,22 @@ def bench_tune_vs_optuna(trials: int, steps: int, tmp: Path) -> dict[str, float]
 
     space = {"train.annotator_optim.lr": {"loguniform": [1e-4, 1e-2]}}
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial, threads: int = 2) -> float:
         lr = trial.suggest_float("train.annotator_optim.lr", 1e-4, 1e-2, log=True)
-        return Trainer(_objective_config({"train.annotator_optim.lr": lr}, steps, 2)).fit(pictures=False).metrics[
-            "val/fg_miou"]
+        return Trainer(_objective_config({"train.annotator_optim.lr": lr}, steps, threads)).fit(
+            pictures=False).metrics["val/fg_miou"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)).optimize(objective, trials)
     sequential = time.perf_counter() - t0
     print(f"  sequential Optuna, 2 threads: {sequential:.1f} s for {trials} trials", flush=True)
+    t0 = time.perf_counter()
+    objective(optuna.trial.FixedTrial({"train.annotator_optim.lr": 1e-3}), threads=1)
+    one_thread_trial = time.perf_counter() - t0
+    rounds = -(-trials // 2)
+    print(f"  one trial alone, 1 thread: {one_thread_trial:.1f} s; {rounds} rounds of 2 would take "
+          f"{rounds * one_thread_trial:.1f} s without any overhead", flush=True)
 
     base = _objective_config({}, steps, 1)
     (tmp / "base.yaml").write_text(base.to_yaml())
@@ -166,6 +176,7 @@ def bench_tune_vs_optuna(trials: int, steps: int, tmp: Path) -> dict[str, float]
         "num_samples": trials, "max_concurrent_trials": 2, "resources": {"workers": 1, "cpus_per_worker": 1}}))
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_init_s = time.perf_counter() - t0
     try:
         results, _ = run_sweep(load_sweep(tmp / "tune.yaml"), storage_path=str(tmp / "tune"), resume=False, verbose=0)
     finally:
@@ -174,7 +185,9 @@ def bench_tune_vs_optuna(trials: int, steps: int, tmp: Path) -> dict[str, float]
     assert not [r for r in results if r.error], [r.error for r in results if r.error]
     print(f"  Ray Tune + Optuna, 2 concurrent: {tune_s:.1f} s for {trials} trials", flush=True)
     return {"tune_over_optuna": tune_s / sequential, "tune_seconds": tune_s, "optuna_sequential_seconds": sequential,
-            "tune_trials": trials, "tune_trial_steps": steps, "optuna_seconds_per_trial": sequential / trials}
+            "tune_trials": trials, "tune_trial_steps": steps, "optuna_seconds_per_trial": sequential / trials,
+            "tune_ray_init_s": ray_init_s, "trial_1thread_alone_s": one_thread_trial,
+            "tune_overhead_free_over_optuna": rounds * one_thread_trial / sequential}
 
 
 # ------------------------------------------------------------------------------------ Ray Data generation
