@@ -2,7 +2,8 @@
 
 No pretrained GAN can be downloaded here, so the toy generator learns to imitate the procedural
 renderer: the latent z fixes the scene (``params = normal_cdf(z[:, :P])``), and G(z) is trained with
-an L1 reconstruction loss (full and half resolution) against the render of that scene. Its block
+an L1 reconstruction loss on every block's skip image against the render of that scene (see
+:func:`distill_loss`). Its block
 features therefore encode the scene layout, as a real GAN's do, and every generated image has an
 exact true mask. Weights are tracked with an EMA (StyleGAN's G_ema), which is what gets saved.
 """
