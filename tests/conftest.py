@@ -65,8 +65,14 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster of 2 CPUs for the whole session (started once: it takes seconds)."""
+    import os
+
     import ray
 
+    # Ray Train's controller polls its workers every 2 s and starts a preemption watcher (one more
+    # process, for spot instances); on 2 cores both add seconds to every run and test nothing of ours.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
