@@ -59,7 +59,7 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id_file.write_text(cb.run_id or "")
     else:
-        result = trainer.fit(callbacks)
+        result = trainer.fit(callbacks, pictures=False)  # pictures go only to MLflow
     from .io import atomic_write_text
 
     atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))
@@ -111,13 +111,16 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
                         steps: Optional[int] = typer.Option(None, help="Default: the recipe's (4000)."),
                         batch_size: Optional[int] = typer.Option(None, help="Default: the recipe's (8)."),
                         lr: Optional[float] = typer.Option(None, help="Adam's peak rate. Default: the recipe's (0.03)."),
+                        part_weighting: Optional[float] = typer.Option(
+                            None, help="Weigh each part's pixels by its pixel share ** -this (0: plain L1). "
+                                       "Default: the recipe's."),
                         seed: int = typer.Option(0),
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
                         track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
     from .generator_training import GeneratorTrainConfig
 
-    given = {"steps": steps, "batch_size": batch_size, "lr": lr}  # unset: the recipe's defaults
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "part_weighting": part_weighting}  # unset: the recipe's defaults
     c = GeneratorTrainConfig(category=category, resolution=resolution, seed=seed,
                              **{k: v for k, v in given.items() if v is not None})
     train_toy_generator(c, out, track=track)
