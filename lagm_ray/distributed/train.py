@@ -66,10 +66,10 @@ class RayReport(Callback):
         self.pending: dict[str, float] = {}
         self.fail_at_step, self.fail_marker = fail_at_step, fail_marker
         self.report = report
-        self.started = time.perf_counter()
+        self.started, self.started_unix = time.perf_counter(), time.time()
 
     def on_start(self, trainer: Trainer) -> None:
-        self.started = time.perf_counter()
+        self.started, self.started_unix = time.perf_counter(), time.time()
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.pending.update(metrics)
@@ -95,6 +95,7 @@ class RayReport(Callback):
         if trainer.mean_step_seconds is not None:
             metrics["time/step_mean_s"] = trainer.mean_step_seconds
         metrics["time/fit_elapsed_s"] = time.perf_counter() - self.started  # wall time, reporting included
+        metrics["time/fit_started_unix_s"] = self.started_unix  # when this (resumed) fit began: timelines
         self.pending = {}
         if trainer.rank == 0:
             state["rng_per_rank"] = per_rank
