@@ -185,12 +185,14 @@ def import_generator_cmd(pkl: Path = typer.Argument(..., help="An NVlabs stylega
 @app.command()
 def render(category: str = typer.Option("faces"), n: int = typer.Option(8), resolution: int = typer.Option(64),
            out: Path = typer.Option(Path("world.png")), generated: bool = typer.Option(
-               True, help="Also show the toy generator's samples beside the renders.")):
+               True, help="Also show the toy generator's samples beside the renders."),
+           generator: Optional[str] = typer.Option(
+               None, help="A toy generator checkpoint of this category. Default: the shipped one.")):
     """Picture grid of the embedded world: renders, generated images and their true masks."""
     from .world_preview import world_grid
 
     try:
-        image = world_grid(category, n, resolution, generated=generated)
+        image = world_grid(category, n, resolution, generated=generated, generator=generator)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     from .viz import save_png

@@ -10,14 +10,16 @@ from .synthetic import SyntheticSource, embedded_generator_path, latent_to_param
 from .viz import colorize, labelled_grid, to_uint8_image
 
 
-def world_grid(category: str, n: int = 8, resolution: int = 64, generated: bool = True, seed: int = 0):
+def world_grid(category: str, n: int = 8, resolution: int = 64, generated: bool = True, seed: int = 0,
+               generator: str | None = None):
+    """``generator``: a toy generator checkpoint of this category (default: the shipped one)."""
     cat = get_category(category)
     C = len(cat.class_names)
     columns: dict[str, list] = {"render": [], "render mask": []}
     z = torch.randn(n, 64, generator=torch.Generator().manual_seed(seed))
     source = None
-    if generated and embedded_generator_path(category).exists():
-        source = SyntheticSource.from_spec(f"embedded:{category}")
+    if generated and (generator or embedded_generator_path(category).exists()):
+        source = SyntheticSource.from_spec(generator or f"embedded:{category}")
         z = source.latents(n, torch.Generator().manual_seed(seed))
         resolution = source.resolution
         columns.update({"generated": [], "true mask": []})
