@@ -434,7 +434,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             try:
                 return _coerce(arg, value, key, source)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: {key}: {value!r} matches none of {tp}")
     if origin is Literal:
         if value not in get_args(tp):

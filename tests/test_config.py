@@ -34,6 +34,7 @@ def test_yaml_and_overrides(tmp_path):
     ("train: [1, 2\n", "invalid YAML"),
     ("- a\n- b\n", "top level must be a mapping"),
     ("train:\n  method: magic\n", "train.method must be one of"),
+    ("data:\n  seg_resolution: sixty\n", "data.seg_resolution must be an integer"),  # an optional field
 ])
 def test_bad_yaml_names_file_and_key(tmp_path, text, needle):
     p = tmp_path / "bad.yaml"
