@@ -120,7 +120,8 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
     from .generator_training import GeneratorTrainConfig
 
-    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "part_weighting": part_weighting}  # unset: the recipe's defaults
+    # options left unset take the recipe's defaults
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "part_weighting": part_weighting}
     c = GeneratorTrainConfig(category=category, resolution=resolution, seed=seed,
                              **{k: v for k, v in given.items() if v is not None})
     train_toy_generator(c, out, track=track)
