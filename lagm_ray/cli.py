@@ -59,7 +59,7 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id_file.write_text(cb.run_id or "")
     else:
-        result = trainer.fit(callbacks, pictures=False)  # pictures go only to MLflow
+        result = trainer.fit(callbacks)
     from .io import atomic_write_text
 
     atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))

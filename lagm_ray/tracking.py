@@ -88,6 +88,8 @@ def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experi
 
 
 class MLflowCallback(Callback):
+    wants_pictures = True  # logged as artifacts at every evaluation that draws them
+
     def __init__(self, cfg: Config, run_name: str | None = None, tags: dict[str, str] | None = None,
                  run_id: str | None = None):
         self.cfg = cfg

@@ -46,6 +46,8 @@ EVAL_SEED = 987_654  # generated samples for evaluation come from their own stre
 class Callback:
     """Hooks the outer layers implement; every method is optional."""
 
+    wants_pictures = False  # True where on_eval shows its pictures: only then does fit draw them
+
     def on_start(self, trainer: "Trainer") -> None: ...
     def on_log(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None: ...
@@ -343,6 +345,7 @@ class Trainer:
     def fit(self, callbacks: Sequence[Callback] = (), pictures: bool = True) -> TrainResult:
         t = self.cfg.train
         total = self.total_steps
+        pictures = pictures and any(cb.wants_pictures for cb in callbacks)  # drawing them costs seconds
         for cb in callbacks:
             cb.on_start(self)
         while self.step < total:

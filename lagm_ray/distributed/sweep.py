@@ -144,7 +144,7 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         from ..tracking import MLflowCallback
 
         callbacks.append(MLflowCallback(cfg, run_name=run_name, tags=tags, run_id=run_id))
-    trainer.fit(callbacks, pictures=cfg.tracking.enabled)  # only MLflow shows pictures: none to draw without it
+    trainer.fit(callbacks)
 
 
 # ------------------------------------------------------------------------------------ the sweep

@@ -128,7 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         callbacks.append(MLflowCallback(cfg, run_id=loop_config.get("mlflow_run_id"),
                                         run_name=loop_config.get("mlflow_run_name"),
                                         tags=loop_config.get("mlflow_tags")))
-    trainer.fit(callbacks, pictures=rank == 0 and cfg.tracking.enabled)  # only MLflow shows pictures
+    trainer.fit(callbacks)
 
 
 def resume(trainer: Trainer, checkpoint, world_size: int = 1) -> bool:
