@@ -68,11 +68,10 @@ def distill_loss(skip_images: list[torch.Tensor], real: torch.Tensor,
     term then adds the detail."""
     loss = real.new_zeros(())
     for img in skip_images:
-        size = img.shape[-2:]
-        target = F.adaptive_avg_pool2d(real, size) if img.shape[-1] != real.shape[-1] else real
-        err = (img - target).abs()
+        full, size = img.shape[-1] == real.shape[-1], img.shape[-2:]
+        err = (img - (real if full else F.adaptive_avg_pool2d(real, size))).abs()
         if weight is not None:
-            err = err * (F.adaptive_avg_pool2d(weight, size) if img.shape[-1] != real.shape[-1] else weight)
+            err = err * (weight if full else F.adaptive_avg_pool2d(weight, size))
         loss = loss + err.mean()
     return loss / len(skip_images)
 

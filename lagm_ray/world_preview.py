@@ -18,8 +18,9 @@ def world_grid(category: str, n: int = 8, resolution: int = 64, generated: bool 
     columns: dict[str, list] = {"render": [], "render mask": []}
     z = torch.randn(n, 64, generator=torch.Generator().manual_seed(seed))
     source = None
-    if generated and (generator or embedded_generator_path(category).exists()):
-        source = SyntheticSource.from_spec(generator or f"embedded:{category}")
+    spec = generator or (f"embedded:{category}" if embedded_generator_path(category).exists() else None)
+    if generated and spec:
+        source = SyntheticSource.from_spec(spec)
         z = source.latents(n, torch.Generator().manual_seed(seed))
         resolution = source.resolution
         columns.update({"generated": [], "true mask": []})
