@@ -105,15 +105,17 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of 
     print_metrics(f"evaluation of {checkpoint}", metrics)
 
 
+RECIPE = "Default: the recipe's (GeneratorTrainConfig in lagm_ray/generator_training.py)."
+
+
 @app.command("train-generator")
 def train_generator_cmd(category: str = typer.Option("faces", help="Embedded world category."),
                         resolution: int = typer.Option(64),
-                        steps: Optional[int] = typer.Option(None, help="Default: the recipe's (4000)."),
-                        batch_size: Optional[int] = typer.Option(None, help="Default: the recipe's (8)."),
-                        lr: Optional[float] = typer.Option(None, help="Adam's peak rate. Default: the recipe's (0.03)."),
+                        steps: Optional[int] = typer.Option(None, help=RECIPE),
+                        batch_size: Optional[int] = typer.Option(None, help=RECIPE),
+                        lr: Optional[float] = typer.Option(None, help="Adam's peak rate. " + RECIPE),
                         part_weighting: Optional[float] = typer.Option(
-                            None, help="Weigh each part's pixels by its pixel share ** -this (0: plain L1). "
-                                       "Default: the recipe's."),
+                            None, help="Weigh each part's pixels by its pixel share ** -this (0: plain L1). " + RECIPE),
                         seed: int = typer.Option(0),
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
                         track: bool = typer.Option(True, help="Log to MLflow.")):
