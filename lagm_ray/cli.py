@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -136,18 +137,12 @@ def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> di
     from .synthetic import embedded_generator_path
 
     out = out or embedded_generator_path(c.category)
-    log_metrics = None
+    run = contextlib.nullcontext()  # yields None: no MLflow
     if track:
-        import mlflow
+        from .tracking import generator_run
 
-        from .tracking import code_version, log_params, use_experiment
-
-        experiment_id = use_experiment("lagm-generators")
-        mlflow.start_run(experiment_id=experiment_id, run_name=f"toy-generator-{c.category}-{c.resolution}px",
-                         tags=code_version())
-        log_params(c.__dict__)
-        log_metrics = mlflow.log_metrics
-    with make_progress() as progress:
+        run = generator_run(c.__dict__, f"toy-generator-{c.category}-{c.resolution}px")
+    with run as log_metrics, make_progress() as progress:
         task = progress.add_task(f"generator {c.category}", total=c.steps, info="")
 
         def on_step(step, m):
@@ -156,9 +151,8 @@ def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> di
                 log_metrics(m, step=step)
 
         metrics = train_generator(c, out, on_step=on_step)
-    if log_metrics is not None:
-        log_metrics(metrics)
-        mlflow.end_run()
+        if log_metrics is not None:
+            log_metrics(metrics)
     console.print(f"saved {out}: held-out L1 {metrics['heldout_l1']:.4f}, {metrics['train_seconds']:.0f} s")
     return metrics
 

@@ -40,23 +40,25 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
 
     configs = quickstart_configs(quick, seeds, extra)
     parent_id = None
+    any_cfg = next(iter(configs.values()))
     if track:
-        import mlflow
+        from .tracking import start_parent_run
 
-        from .tracking import code_version, setup
-
-        any_cfg = next(iter(configs.values()))
-        experiment_id = setup(any_cfg)
-        parent = mlflow.start_run(experiment_id=experiment_id, run_name="quickstart", tags=code_version())
-        parent_id = parent.info.run_id
-        mlflow.end_run()
+        parent_id = start_parent_run("quickstart", any_cfg.tracking.experiment, any_cfg.tracking.uri)
     results: dict[tuple, dict] = {}
     start = time.perf_counter()
     for (method, labels, seed), cfg in configs.items():
         if parent_id:
             cfg = cfg.replace({"tracking.parent_run_id": parent_id})
         t0 = time.perf_counter()
-        r = train_one(cfg, track=track, description=f"{method} {labels} labels seed {seed}")
+        try:
+            r = train_one(cfg, track=track, description=f"{method} {labels} labels seed {seed}")
+        except BaseException:
+            if parent_id:  # not left RUNNING in the UI
+                from .tracking import end_run
+
+                end_run(parent_id, any_cfg.tracking.uri, "FAILED")
+            raise
         results[(method, labels, seed)] = {**r.metrics, "seconds": time.perf_counter() - t0}
 
     def stat(method, labels, key):
@@ -82,11 +84,10 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
                        for (m, l, s), r in results.items()}
     atomic_write_text(out, json.dumps(summary, indent=2))
     if parent_id:
-        import mlflow
+        from .tracking import end_run
 
-        with mlflow.start_run(run_id=parent_id):
-            mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
-            mlflow.log_dict(summary, "quickstart_results.json")
+        end_run(parent_id, any_cfg.tracking.uri, metrics={k: v for k, v in summary.items() if isinstance(v, float)},
+                summary=(summary, "quickstart_results.json"))
 
     table = Table(title=f"Quickstart: embedded faces, test FG-mIoU (%), seeds {list(seeds)}")
     table.add_column("method")

@@ -6,8 +6,10 @@ under one parent run by passing ``tracking.parent_run_id``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,42 @@ def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experi
     return run.info.run_id
 
 
+def start_parent_run(run_name: str, experiment: str, uri: str | None = None,
+                     tags: dict[str, str] | None = None) -> str:
+    """Create a run left RUNNING until :func:`end_run`, under which other runs nest (a sweep's trials, a
+    quickstart's trainings); returns its id. Made with the client API, so no run becomes "active"."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = use_experiment(experiment, uri)
+    run = MlflowClient(tracking_uri(uri)).create_run(
+        experiment_id, tags={**code_version(), **(tags or {}), "mlflow.runName": run_name}, run_name=run_name)
+    return run.info.run_id
+
+
+def end_run(run_id: str, uri: str | None = None, status: str = "FINISHED",
+            metrics: dict[str, float] | None = None, summary: tuple[dict, str] | None = None) -> None:
+    """Finish a run from :func:`start_parent_run`, first logging its final ``metrics`` and ``summary``
+    (a dict and the JSON artifact name it goes to)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(uri))
+    for k, v in (metrics or {}).items():
+        client.log_metric(run_id, k, v)
+    if summary is not None:
+        client.log_dict(run_id, summary[0], summary[1])
+    client.set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def generator_run(config: dict[str, Any], run_name: str, experiment: str = "lagm-generators",
+                  uri: str | None = None) -> Iterator[Callable[..., None]]:
+    """A run for `lagm train-generator`: its settings as params; yields ``log_metrics(metrics, step=None)``."""
+    experiment_id = use_experiment(experiment, uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=code_version()):
+        log_params(config)
+        yield mlflow.log_metrics
+
+
 class MLflowCallback(Callback):
     wants_pictures = True  # logged as artifacts at every evaluation that draws them
 
@@ -143,26 +181,18 @@ METRIC_TAG = "lagm.metric"  # on the parent: "<metric> <mode>"
 
 def start_sweep_run(name: str, experiment: str, uri: str | None, swept_keys: list[str], metric: str, mode: str,
                     params: dict[str, Any], spec_text: str) -> str:
-    """Create the sweep's parent run (left RUNNING until :func:`end_sweep_run`); returns its id.
+    """Create the sweep's parent run (left RUNNING until :func:`end_run`); returns its id.
 
     Created by the driver before any trial starts, so that trials only ever nest under it."""
     from mlflow.tracking import MlflowClient
 
-    experiment_id = use_experiment(experiment, uri)
+    run_id = start_parent_run(f"sweep-{name}", experiment, uri, tags={
+        SWEEP_TAG: name, ROLE_TAG: "sweep", SWEPT_TAG: ",".join(swept_keys), METRIC_TAG: f"{metric} {mode}"})
     client = MlflowClient(tracking_uri(uri))
-    tags = {**code_version(), SWEEP_TAG: name, ROLE_TAG: "sweep", SWEPT_TAG: ",".join(swept_keys),
-            METRIC_TAG: f"{metric} {mode}", "mlflow.runName": f"sweep-{name}"}
-    run = client.create_run(experiment_id, tags=tags, run_name=f"sweep-{name}")
     for k, v in params.items():
-        client.log_param(run.info.run_id, k, str(v)[:500])
-    client.log_text(run.info.run_id, spec_text, "sweep.yaml")
-    return run.info.run_id
-
-
-def end_sweep_run(run_id: str, uri: str | None, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri(uri)).set_terminated(run_id, status)
+        client.log_param(run_id, k, str(v)[:500])
+    client.log_text(run_id, spec_text, "sweep.yaml")
+    return run_id
 
 
 def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None) -> str | None:

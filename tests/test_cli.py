@@ -59,6 +59,46 @@ def test_train_then_evaluate_with_mlflow(tiny_config, tmp_path):
     assert "downstream/test/fg_miou" in out.stdout and "test/fg_miou" in out.stdout
 
 
+def test_quickstart_writes_its_results_and_nests_runs_in_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tiny = ["train.steps=2", "train.eval_interval=2", "train.checkpoint_interval=2", "train.log_interval=1",
+            "data.num_val=4", "data.num_test=4", "eval.num_annotator_samples=4"]
+    out = run(["quickstart", "--quick", *[a for kv in tiny for a in ("--set", kv)]], tmp_path,
+              MLFLOW_TRACKING_URI=uri)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads((tmp_path / "quickstart_results.json").read_text())
+    for key in ("lagm_fg_miou_2", "lagm_fg_miou_10", "supervised_fg_miou_2", "supervised_fg_miou_10",
+                "annotator_miou_vs_truth_10"):
+        assert 0 <= results[key] <= 1, key
+    assert "mlflow ui" in out.stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("quickstart")
+    (parent,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'quickstart'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["lagm_fg_miou_10"] == pytest.approx(results["lagm_fg_miou_10"])
+    assert "quickstart_results.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.params["train.method"] + r.data.params["data.num_labelled"] for r in kids) == [
+        "lagm10", "lagm2", "supervised10", "supervised2"]
+
+
+def test_train_generator_logs_its_run_to_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run(["train-generator", "--resolution", "16", "--steps", "3", "--batch-size", "2",
+               "--out", str(tmp_path / "g.pt")], tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert out.returncode == 0, out.stdout + out.stderr
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("lagm-generators").experiment_id])
+    assert r.info.status == "FINISHED" and r.info.run_name == "toy-generator-faces-16px"
+    assert r.data.params["steps"] == "3" and r.data.params["resolution"] == "16"
+    assert 0 < r.data.metrics["heldout_l1"] < 2  # L1 between images in [-1, 1]
+
+
 @pytest.mark.parametrize("text, needle", [
     ("train:\n  K: 0\n", "train.K"),
     ("train:\n  matched_blocks: [Res9]\n", "unknown block 'Res9'"),

@@ -160,7 +160,7 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
     from ray import tune
 
     from ..report import write_report
-    from ..tracking import end_sweep_run, start_sweep_run
+    from ..tracking import end_run, start_sweep_run
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose > 1)
@@ -231,5 +231,5 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
         close_stopped_trials(parent_run_id, uri, {r.metrics["trial_id"]: r.metrics for r in results
                                                   if r.error is None and r.metrics and "trial_id" in r.metrics})
         write_report(parent_run_id, uri, out_dir=exp_dir)
-        end_sweep_run(parent_run_id, uri, "FAILED" if errors else "FINISHED")
+        end_run(parent_run_id, uri, "FAILED" if errors else "FINISHED")
     return results, parent_run_id
