@@ -205,7 +205,7 @@ def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = N
     return AnnotatorInfo(
         path=str(path), sha256=sha256_file(path), step=int(state.get("step", 0)), config=state["config"],
         class_names=tuple(class_names), generator_spec=g.checkpoint, generator_path=str(gen_path.resolve()),
-        generator_sha256=sha256_file(gen_path), resolution=int(meta.get("resolution") or cfg.data.resolution),
+        generator_sha256=sha256_file(gen_path), resolution=int(cfg.data.resolution),
         truncation_psi=psi, true_masks=meta.get("world") == "embedded" and psi == 1.0)
 
 
@@ -252,9 +252,11 @@ class Labeller:
             if sha256_file(file) != digest:
                 raise DatasetError(f"{file}: this {what} differs from the one the generation was planned with "
                                    f"(sha256 {digest[:12]}...): is it the same file on every node?")
+        # at the resolution the annotator was trained at (synthesis may stop below the generator's)
         self.source = SyntheticSource.from_spec(spec, self.device, truncation_psi=info.truncation_psi,
-                                                truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode)
-        self.feature_index = feature_index(self.source.G.block_resolutions, cfg.annotator.feature_resolutions)
+                                                truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode,
+                                                resolution=info.resolution)
+        self.feature_index = feature_index(self.source.block_resolutions, cfg.annotator.feature_resolutions)
         annotator = trainer_class(cfg.train.method).new_annotator(cfg, self.source, self.feature_index,
                                                                    info.num_classes)
         if annotator is None:

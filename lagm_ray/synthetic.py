@@ -98,8 +98,16 @@ class SyntheticSource:
     """Samples a frozen generator. Deterministic given the torch.Generator (or seed) passed in."""
 
     def __init__(self, G: Generator, meta: dict[str, Any], truncation_psi: float = 1.0,
-                 truncation_cutoff: int | None = None, noise_mode: str = "const"):
+                 truncation_cutoff: int | None = None, noise_mode: str = "const", resolution: int | None = None):
+        """``resolution`` below the generator's runs synthesis only up to that block and takes its running
+        skip image as the image: for the toy generators, trained to match the render at every block
+        (deep supervision), that is the same scene at that resolution, for a fraction of the cost. For
+        NVlabs' generators the skip image of an inner block is only StyleGAN2's partial sum."""
+        if resolution is not None and resolution not in G.block_resolutions:
+            raise ValueError(f"resolution {resolution} is not one of the generator's block resolutions "
+                             f"{G.block_resolutions}")
         self.G = G
+        self._resolution = resolution or G.img_resolution
         self.meta = meta
         self.truncation_psi = truncation_psi
         self.truncation_cutoff = truncation_cutoff
@@ -113,7 +121,12 @@ class SyntheticSource:
 
     @property
     def resolution(self) -> int:
-        return self.G.img_resolution
+        return self._resolution
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        """The synthesis blocks that run: the ones whose outputs are the features."""
+        return [r for r in self.G.block_resolutions if r <= self._resolution]
 
     @property
     def class_names(self) -> list[str] | None:
@@ -128,7 +141,7 @@ class SyntheticSource:
         return self.meta.get("world") == "embedded" and self.truncation_psi == 1.0
 
     def feature_channels(self) -> list[int]:
-        return self.G.feature_channels()
+        return self.G.feature_channels()[:len(self.block_resolutions)]
 
     def latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.G.z_dim, generator=generator).to(self.device)
@@ -148,7 +161,7 @@ class SyntheticSource:
             z = self.latents(n, generator)
         images, features = self.G(z.to(self.device), None, truncation_psi=self.truncation_psi,
                                   truncation_cutoff=self.truncation_cutoff, noise_mode=self.noise_mode,
-                                  return_features=True)
+                                  return_features=True, resolution=self._resolution)
         true_masks = self.true_masks(z) if self.has_true_masks else None
         return SyntheticBatch(z=z, features=[f.float() for f in features], images=images.clamp(-1, 1),
                               true_masks=true_masks)

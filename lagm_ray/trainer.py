@@ -36,7 +36,7 @@ from .io import load_checkpoint, rng_state, save_checkpoint, seed_everything, se
 from .metrics import drop_per_class, summarize
 from .models.annotator import FPNAnnotator
 from .models.segmentors import UnknownBlockError, build_segmentor, load_torchvision_weights, select_matched_parameters
-from .synthetic import SyntheticSource
+from .synthetic import SyntheticSource, load_generator
 
 CHECKPOINT_FORMAT = "lagm_ray.trainer/v1"
 BEST_FORMAT = "lagm_ray.best/v1"
@@ -178,11 +178,13 @@ class Trainer:
 
     def _load_source(self) -> SyntheticSource:
         g, cfg = self.cfg.generator, self.cfg
-        source = SyntheticSource.from_spec(g.checkpoint, self.device, truncation_psi=g.truncation_psi,
-                                           truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode)
-        if source.resolution != cfg.data.resolution:
-            raise ConfigError(f"data.resolution is {cfg.data.resolution} but the generator "
-                              f"{g.checkpoint} makes {source.resolution} px images")
+        G, meta = load_generator(g.checkpoint, self.device)
+        # A data.resolution below the generator's runs its synthesis only up to that block.
+        if cfg.data.resolution not in G.block_resolutions:
+            raise ConfigError(f"data.resolution is {cfg.data.resolution} but the generator {g.checkpoint} "
+                              f"makes {G.img_resolution} px images (blocks at {G.block_resolutions} px)")
+        source = SyntheticSource(G, meta, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff,
+                                 noise_mode=g.noise_mode, resolution=cfg.data.resolution)
         if source.class_names and list(source.class_names) != self.class_names:
             raise ConfigError(f"generator.checkpoint {g.checkpoint}: its classes {source.class_names} "
                               f"differ from the dataset's {self.class_names}")
@@ -199,7 +201,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ data
 
     def _feature_index(self, resolutions: Sequence[int]) -> list[int]:
-        return feature_index(self.source.G.block_resolutions, resolutions)
+        return feature_index(self.source.block_resolutions, resolutions)
 
     def labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.splits.train_images)

@@ -23,6 +23,17 @@ def test_block_shapes_and_features():
     assert G.feature_channels() == [32, 32, 16, 8]  # min(channel_base // res, channel_max)
 
 
+def test_synthesis_can_stop_at_an_inner_block():
+    G = tiny(32)
+    z = torch.randn(2, 16)
+    feats, images = G.synthesis.run_blocks(G.mapping(z, None), noise_mode="const")
+    img16, feats16 = G(z, None, return_features=True, noise_mode="const", resolution=16)
+    assert torch.equal(img16, images[2]) and img16.shape == (2, 3, 16, 16)  # block 16's running skip image
+    assert len(feats16) == 3 and all(torch.equal(a, b) for a, b in zip(feats16, feats))
+    with pytest.raises(ValueError, match=r"resolution 12 is not a synthesis block's; blocks: \[4, 8, 16, 32\]"):
+        G(z, None, resolution=12)
+
+
 def test_nvlabs_state_dict_names():
     keys = set(tiny(16).state_dict())
     expected = {

@@ -81,5 +81,16 @@ def test_bad_config_errors(tiny_config):
         tiny_config(**{"train.K": 0})
     with pytest.raises(ConfigError, match="train.segmentor_optim.lr"):
         tiny_config(**{"train.segmentor_optim.lr": 0.0})
-    with pytest.raises(ConfigError, match="data.resolution is 64 but the generator"):
+    with pytest.raises(ConfigError, match=r"data.resolution is 64 but the generator .* makes 32 px images"):
         Trainer(tiny_config(**{"data.resolution": 64}))
+
+
+def test_a_lower_data_resolution_stops_the_generator_at_that_block(tiny_config):
+    """data.resolution 16 with a 32 px generator: images are block 16's skip image, features stop there,
+    and the true masks are rendered at 16 px."""
+    trainer = Trainer(tiny_config(**{"data.resolution": 16, "data.seg_resolution": 16}))
+    assert trainer.source.resolution == 16 and trainer.source.block_resolutions == [4, 8, 16]
+    images, features = trainer.synthetic_batch()
+    assert images.shape[-1] == 16 and [f.shape[-1] for f in features] == [4, 8, 16]
+    assert trainer.source.sample(2, seed=0).true_masks.shape == (2, 16, 16)
+    trainer.train_step()  # the annotator and the whole step work at that resolution

@@ -100,7 +100,7 @@ class DatasetGANTrainer(LabelThenDistill):
     def build(self) -> None:
         g, cfg = self.cfg.datasetgan, self.cfg
         channels = self.source.feature_channels()
-        self.label_size = self.source.G.block_resolutions[self.feature_index[-1]]  # finest selected block
+        self.label_size = self.source.block_resolutions[self.feature_index[-1]]  # finest selected block
         self.annotator = StyleInterpreter(sum(channels[i] for i in self.feature_index), self.num_classes, g.hidden,
                                           g.num_classifiers, self.label_size, g.chunk_pixels).to(self.device)
         self.opt_a = torch.optim.Adam(self.annotator.parameters(), lr=g.lr)  # one Adam = N independent ones

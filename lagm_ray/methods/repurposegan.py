@@ -109,7 +109,7 @@ class RepurposeGANTrainer(LabelThenDistill):
 
     def build(self) -> None:
         r, cfg = self.cfg.repurposegan, self.cfg
-        blocks = self.source.G.block_resolutions
+        blocks = self.source.block_resolutions
         self.feature_index = group_feature_index(blocks, r.layer_groups)
         self.label_size = blocks[self.feature_index[-1]]
         in_dim = sum(self.source.feature_channels()[i] for i in self.feature_index)

@@ -290,8 +290,12 @@ class SynthesisNetwork(nn.Module):
                 self.num_ws += block.num_torgb
             setattr(self, f"b{res}", block)
 
-    def run_blocks(self, ws: torch.Tensor, noise_mode: str = "random"):
-        """Every block's output x and its running skip image (the image so far, at that resolution)."""
+    def run_blocks(self, ws: torch.Tensor, noise_mode: str = "random", resolution: int | None = None):
+        """Every block's output x and its running skip image (the image so far, at that resolution),
+        up to the block at ``resolution`` (default: all of them)."""
+        resolution = resolution or self.img_resolution
+        if resolution not in self.block_resolutions:
+            raise ValueError(f"resolution {resolution} is not a synthesis block's; blocks: {self.block_resolutions}")
         block_ws, w_idx = [], 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
@@ -300,13 +304,17 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         features, images = [], []
         for res, cur_ws in zip(self.block_resolutions, block_ws):
+            if res > resolution:
+                break
             x, img = getattr(self, f"b{res}")(x, img, cur_ws, noise_mode=noise_mode)
             features.append(x)
             images.append(img)
         return features, images
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random", return_features: bool = False):
-        features, images = self.run_blocks(ws, noise_mode)
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", return_features: bool = False,
+                resolution: int | None = None):
+        """The image (and block outputs); ``resolution`` stops at that block and returns its skip image."""
+        features, images = self.run_blocks(ws, noise_mode, resolution)
         return (images[-1], features) if return_features else images[-1]
 
 
@@ -333,6 +341,7 @@ class Generator(nn.Module):
         return [self.synthesis.channels_dict[r] for r in self.block_resolutions]
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
-                truncation_cutoff: int | None = None, noise_mode: str = "random", return_features: bool = False):
+                truncation_cutoff: int | None = None, noise_mode: str = "random", return_features: bool = False,
+                resolution: int | None = None):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode, return_features=return_features)
+        return self.synthesis(ws, noise_mode=noise_mode, return_features=return_features, resolution=resolution)
