@@ -106,7 +106,7 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of 
     print_metrics(f"evaluation of {checkpoint}", metrics)
 
 
-RECIPE = "Default: the recipe's (GeneratorTrainConfig in lagm_ray/generator_training.py)."
+RECIPE = "Default: the category's recipe (lagm_ray/generator_training.py: CATEGORY_RECIPES, GeneratorTrainConfig)."
 
 
 @app.command("train-generator")
@@ -121,12 +121,11 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
                         track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
-    from .generator_training import GeneratorTrainConfig
+    from .generator_training import recipe
 
-    # options left unset take the recipe's defaults
+    # options left unset take the category's recipe
     given = {"steps": steps, "batch_size": batch_size, "lr": lr, "part_weighting": part_weighting}
-    c = GeneratorTrainConfig(category=category, resolution=resolution, seed=seed,
-                             **{k: v for k, v in given.items() if v is not None})
+    c = recipe(category, resolution=resolution, seed=seed, **{k: v for k, v in given.items() if v is not None})
     train_toy_generator(c, out, track=track)
 
 
@@ -203,6 +202,8 @@ def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (sm
                seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
                out: Path = typer.Option(Path("quickstart_results.json")),
                track: bool = typer.Option(True, help="Log to MLflow."),
+               parallel: int = typer.Option(2, help="Trainings at a time, one torch thread each "
+                                                     "(1: one after another with the config's threads)."),
                set_: Optional[list[str]] = SetOpt):
     """LAGM vs supervised-only with 2 and 10 labels on the embedded faces; prints a table."""
     from .config import parse_override
@@ -211,7 +212,7 @@ def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (sm
     try:
         extra = dict(parse_override(o) for o in set_ or [])
         run_quickstart(quick=quick, seeds=[int(s) for s in seeds.split(",") if s.strip()], out=out, track=track,
-                       extra=extra)
+                       extra=extra, parallel=parallel)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
 

@@ -50,6 +50,21 @@ class GeneratorTrainConfig:
     num_threads: int = 0
 
 
+# How each shipped generator was trained, where it departs from GeneratorTrainConfig's defaults: what
+# `lagm train-generator --category C` trains unless told otherwise.
+CATEGORY_RECIPES: dict[str, dict] = {
+    # On the aligned faces, weighting the L1 by part brought the mouth in: a segmentor trained on a
+    # 32 px probe generator's images and their true masks scored mouth IoU 52 with it, 0 without.
+    "faces": {"part_weighting": 0.5},
+    "car": {},
+}
+
+
+def recipe(category: str, **overrides) -> GeneratorTrainConfig:
+    """The shipped generator's training config for ``category``, with ``overrides``."""
+    return GeneratorTrainConfig(category=category, **{**CATEGORY_RECIPES.get(category, {}), **overrides})
+
+
 def build_generator(c: GeneratorTrainConfig) -> tuple[Generator, dict]:
     init_kwargs = dict(z_dim=c.z_dim, c_dim=0, w_dim=c.w_dim, img_resolution=c.resolution, img_channels=3,
                        mapping_kwargs=dict(num_layers=c.mapping_layers, lr_multiplier=c.mapping_lr_multiplier),

@@ -145,12 +145,15 @@ def _render_faces(p: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch
     image = _background(p, X, Y, 40)
     labels = torch.zeros(B, resolution, resolution, dtype=torch.long)
 
-    # face frame: centre, scale, roll; yaw shifts the inner features sideways
-    cx, cy = _col(p, 0, -0.15, 0.15), _col(p, 1, -0.05, 0.2)
-    scale = _col(p, 2, 0.55, 0.75)
+    # face frame: centre, scale, roll; yaw shifts the inner features sideways. Aligned as CelebA-HQ's
+    # faces are (cropped on eye and mouth landmarks): the face's place, size and roll vary little, and
+    # the inner features sit within a few pixels of their mean. Shapes, colours, hair and expression
+    # still vary fully. With the unaligned ranges (5x these), the toy generator learned no small parts.
+    cx, cy = _col(p, 0, -0.03, 0.03), _col(p, 1, 0.05, 0.1)
+    scale = _col(p, 2, 0.63, 0.67)
     aspect = _col(p, 3, 0.72, 0.92)
-    roll = _col(p, 4, -0.35, 0.35)
-    yaw = _col(p, 5, -0.25, 0.25)
+    roll = _col(p, 4, -0.07, 0.07)
+    yaw = _col(p, 5, -0.05, 0.05)
     c, s = torch.cos(roll), torch.sin(roll)
     u = (c * (X - cx) + s * (Y - cy)) / scale  # face coordinates: face is ~ the unit circle
     v = (-s * (X - cx) + c * (Y - cy)) / scale
@@ -179,8 +182,8 @@ def _render_faces(p: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch
     image, labels = _paint(image, labels, bangs, hair, HAIR, hair_tex)
 
     fx = yaw * a  # inner features follow yaw
-    eye_y = _col(p, 19, -0.2, 0.0)
-    eye_dx = a * _col(p, 20, 0.32, 0.44)
+    eye_y = _col(p, 19, -0.14, -0.06)
+    eye_dx = a * _col(p, 20, 0.356, 0.404)
     eye_r = _col(p, 21, 0.09, 0.15)
     eye_open = _col(p, 22, 0.35, 0.8)
     brow_thick = _col(p, 23, 0.03, 0.07)
@@ -197,7 +200,7 @@ def _render_faces(p: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch
         iris = _ellipse(u, v, ex + 0.3 * yaw * eye_r, eye_y, eye_r * 0.45, eye_r * 0.45) & eye
         image, labels = _paint(image, labels, iris, eye_col, EYE)
 
-    nose_len = _col(p, 31, 0.2, 0.34)
+    nose_len = _col(p, 31, 0.242, 0.298)
     nose_w = _col(p, 32, 0.08, 0.14)
     nose_top = eye_y + 0.05
     # a triangle-ish nose: narrow at the top, widest at the tip
@@ -205,7 +208,7 @@ def _render_faces(p: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch
     nose = (v >= nose_top) & (v <= nose_top + nose_len) & ((u - fx * 1.2).abs() <= nose_w * (0.35 + 0.65 * t))
     image, labels = _paint(image, labels, nose, skin * 0.78, NOSE, skin_tex)
 
-    mouth_y = nose_top + nose_len + _col(p, 33, 0.13, 0.22)
+    mouth_y = nose_top + nose_len + _col(p, 33, 0.157, 0.193)
     mouth_w = a * _col(p, 34, 0.22, 0.36)
     mouth_open = _col(p, 35, 0.04, 0.14)
     smile = _col(p, 30, -0.6, 1.2)  # expression: curvature of the mouth
