@@ -16,6 +16,7 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="a much shorter budget")
     ap.add_argument("--out", type=Path, default=Path("quickstart_results.json"))
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--parallel", type=int, default=2, help="trainings at a time, one torch thread each")
     args = ap.parse_args()
     run_quickstart(quick=args.quick, seeds=[int(s) for s in args.seeds.split(",")], out=args.out,
-                   track=not args.no_track)
+                   track=not args.no_track, parallel=args.parallel)

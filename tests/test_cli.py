@@ -85,6 +85,20 @@ def test_quickstart_writes_its_results_and_nests_runs_in_mlflow(tmp_path):
         "lagm10", "lagm2", "supervised10", "supervised2"]
 
 
+def test_a_failing_quickstart_training_stops_it_and_marks_the_parent_failed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run(["quickstart", "--quick", "--set", "data.num_labelled=5000"], tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "data.num_labelled: 5000 labelled images requested" in out.stdout + out.stderr
+    assert not (tmp_path / "quickstart_results.json").exists()
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id],
+                                   "attributes.run_name = 'quickstart'")
+    assert parent.info.status == "FAILED"
+
+
 def test_train_generator_logs_its_run_to_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = run(["train-generator", "--resolution", "16", "--steps", "3", "--batch-size", "2",
