@@ -49,7 +49,7 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
     """Every (method, labels, seed) training of the quickstart, ``parallel`` at a time in worker processes
     with one torch thread each (1: one after another in this process, with the config's threads).
 
-    On 2 cores, two 1-thread trainings side by side do about 1.8x the work of one 2-thread training:
+    On 2 cores, two 1-thread trainings side by side do about 1.5x the work of one 2-thread training:
     a LAGM step on these small networks gains little from a second thread."""
     configs = quickstart_configs(quick, seeds, extra)
     parent_id = None
