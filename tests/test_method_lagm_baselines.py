@@ -224,7 +224,9 @@ def test_maml_unroll_gradient_matches_finite_differences(steps):
 
 
 def test_maml_trains_and_resume_equals_uninterrupted(tiny_config, tmp_path):
-    cfg = tiny_config(**{"train.method": "maml", "train.steps": 10, **FAST})
+    # 20 steps: over the first 10 the meta-loss of these tiny networks still wanders (it rose on the
+    # aligned faces), by 20 it falls clearly (1.97 to 1.72 averaged over 3 steps)
+    cfg = tiny_config(**{"train.method": "maml", "train.steps": 20, **FAST})
     full, resumed, log = resume_pair(cfg, tmp_path)
     assert isinstance(full, MAMLTrainer)
     assert decreased([m["loss/meta"] for m in log])
