@@ -34,14 +34,20 @@ def quickstart_configs(quick: bool = False, seeds=(0,), extra: dict | None = Non
     return out
 
 
-def _train_in_worker(cfg_dict: dict, track: bool) -> dict:
-    """One quickstart training in a worker process (no progress bar: several share the terminal)."""
+def _timed_training(cfg, track: bool, progress: bool = True, description: str | None = None) -> dict:
+    """One quickstart training: its result metrics and its wall time in seconds."""
     from .cli import train_one
-    from .config import from_dict
 
     t0 = time.perf_counter()
-    metrics = train_one(from_dict(cfg_dict, source="quickstart"), track=track, progress=False).metrics
+    metrics = train_one(cfg, track=track, progress=progress, description=description).metrics
     return {**metrics, "seconds": time.perf_counter() - t0}
+
+
+def _train_in_worker(cfg_dict: dict, track: bool) -> dict:
+    """One quickstart training in a worker process (no progress bar: several share the terminal)."""
+    from .config import from_dict
+
+    return _timed_training(from_dict(cfg_dict, source="quickstart"), track, progress=False)
 
 
 def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart_results.json"),
@@ -60,18 +66,13 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
         parent_id = start_parent_run("quickstart", any_cfg.tracking.experiment, any_cfg.tracking.uri)
     if parent_id:
         configs = {k: cfg.replace({"tracking.parent_run_id": parent_id}) for k, cfg in configs.items()}
-    results: dict[tuple, dict] = {}
     start = time.perf_counter()
     try:
         if parallel > 1:
-            _run_in_workers(configs, track, parallel, results)
+            results = _run_in_workers(configs, track, parallel)
         else:
-            from .cli import train_one
-
-            for (method, labels, seed), cfg in configs.items():
-                t0 = time.perf_counter()
-                r = train_one(cfg, track=track, description=f"{method} {labels} labels seed {seed}")
-                results[(method, labels, seed)] = {**r.metrics, "seconds": time.perf_counter() - t0}
+            results = {(m, l, s): _timed_training(cfg, track, description=f"{m} {l} labels seed {s}")
+                       for (m, l, s), cfg in configs.items()}
     except BaseException:
         if parent_id:  # not left RUNNING in the UI
             from .tracking import end_run
@@ -129,7 +130,7 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
     return summary
 
 
-def _run_in_workers(configs: dict, track: bool, parallel: int, results: dict) -> None:
+def _run_in_workers(configs: dict, track: bool, parallel: int) -> dict[tuple, dict]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -142,14 +143,15 @@ def _run_in_workers(configs: dict, track: bool, parallel: int, results: dict) ->
         task = progress.add_task(f"quickstart, {parallel} trainings at a time", total=len(order), info="")
         futures = {pool.submit(_train_in_worker, configs[k].replace({"run.num_threads": 1}).to_dict(), track): k
                    for k in order}
+        results = {}
         try:
             for fut in as_completed(futures):
                 method, labels, seed = key = futures[fut]
                 results[key] = fut.result()
-                progress.update(task, advance=1, info=f"{method} {labels} labels seed {seed}: test FG-mIoU "
-                                                      f"{100 * results[key]['test/fg_miou']:.1f}")
-                progress.console.print(f"done: {method}, {labels} labels, seed {seed}: test FG-mIoU "
-                                       f"{100 * results[key]['test/fg_miou']:.1f}")
+                done = f"{method}, {labels} labels, seed {seed}: test FG-mIoU {100 * results[key]['test/fg_miou']:.1f}"
+                progress.update(task, advance=1, info=done)
+                progress.console.print(f"done: {done}")
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # a failed training stops the quickstart now
             raise
+    return results
