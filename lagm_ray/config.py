@@ -93,15 +93,26 @@ class TrainConfig:
     # Algorithm 1's K: the segmentor is updated once every K annotator steps.
     # The reference code accepts K but always behaves as K = 1; K > 1 is implemented here.
     K: int = 1
+    # Segmentor steps each time it is updated. The paper's Figure 4 finds the annotator learns faster
+    # the more often the segmentor moves; > 1 goes further than K = 1. 1 = Algorithm 1 (reference code).
+    segmentor_steps: int = 1
     matched_blocks: list[str] = field(default_factory=lambda: ["Head"])
     labelled_batch_size: int = 2  # 0 = the whole labelled set every step
     synthetic_batch_size: int = 2
+    # 0 = a fresh G(z) for every synthetic batch (Algorithm 1, reference code). N > 0 = batches drawn from
+    # N samples generated once at the start (seeded): takes the generator out of the step on CPU budgets.
+    synthetic_pool: int = 0
     annotator_optim: OptimConfig = field(default_factory=OptimConfig)
     segmentor_optim: OptimConfig = field(default_factory=OptimConfig)
     # Gradient matching details (reference code's behaviour by default, see README):
     node_reduction: Literal["mean", "sum"] = "mean"  # per tensor: mean (code) or sum (paper Eq. 12) over output nodes
     count_1d_tensors: bool = True  # 1-D tensors add 0 but count in the divisor (code)
     synthetic_target: Literal["soft", "hard"] = "soft"  # soft CE against the annotator's softmax (code)
+    # Class weights (labelled-set pixel frequency)^-p in the cross-entropy on labelled images: the loss of
+    # supervised-only, and for LAGM both sides of the gradient matching (the segmentor's own steps on
+    # annotator labels stay plain). Small parts (eyes, brows) then weigh in the matched gradients as much
+    # as their rarity hides them. 0 = plain CE (paper, reference code). Read by lagm and supervised.
+    class_weight_power: float = 0.0
     eval_interval: int = 4000
     checkpoint_interval: int = 4000
     log_interval: int = 50
@@ -496,6 +507,11 @@ def validate(cfg: Config, source: str = "config") -> None:
          f"{', '.join(valid_blocks)}" if bad else "")
     need(t.labelled_batch_size >= 0, "train.labelled_batch_size", "must be >= 0 (0 = whole labelled set)")
     need(t.synthetic_batch_size >= 1, "train.synthetic_batch_size", "must be >= 1")
+    need(t.class_weight_power >= 0, "train.class_weight_power", f"must be >= 0, got {t.class_weight_power}")
+    need(t.segmentor_steps >= 1, "train.segmentor_steps", f"must be >= 1, got {t.segmentor_steps}")
+    need(t.synthetic_pool == 0 or t.synthetic_pool >= t.synthetic_batch_size, "train.synthetic_pool",
+         f"must be 0 (fresh samples) or at least train.synthetic_batch_size ({t.synthetic_batch_size}), "
+         f"got {t.synthetic_pool}")
     for name in ("annotator_optim", "segmentor_optim"):
         o = getattr(t, name)
         need(o.lr > 0, f"train.{name}.lr", f"must be > 0, got {o.lr}")

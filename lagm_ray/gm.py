@@ -49,12 +49,30 @@ def matching_distance(
     return total / max(count, 1)
 
 
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """sum_c -p_c log softmax(logits)_c, averaged over pixels: the loss on annotator labels."""
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor,
+                       class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_c -w_c p_c log softmax(logits)_c, averaged over pixels: the loss on annotator labels
+    (w_c = 1 unless ``class_weights`` are given)."""
+    if class_weights is not None:
+        target_probs = target_probs * class_weights.view(1, -1, *([1] * (target_probs.dim() - 2)))
     return torch.sum(-target_probs * F.log_softmax(logits, dim=1), dim=1).mean()
 
 
-def synthetic_loss(seg_logits: torch.Tensor, annot_logits: torch.Tensor, target: str = "soft") -> torch.Tensor:
+def class_weights(masks: torch.Tensor, num_classes: int, power: float) -> torch.Tensor | None:
+    """Cross-entropy class weights (pixel frequency in ``masks``)^-power, scaled so that the expected
+    weight of a labelled pixel is 1; None for power 0 (plain cross-entropy). A class absent from the
+    masks gets weight 1 before scaling: there is nothing to say it is rare."""
+    if power == 0:
+        return None
+    valid = masks[masks < num_classes]
+    counts = torch.bincount(valid.flatten(), minlength=num_classes).double()
+    freq = counts / counts.sum()
+    w = torch.where(counts > 0, freq.clamp_min(1e-12) ** -power, torch.ones_like(freq))
+    return (w / (w * freq).sum()).float()
+
+
+def synthetic_loss(seg_logits: torch.Tensor, annot_logits: torch.Tensor, target: str = "soft",
+                   class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Segmentor loss on a synthetic batch against the annotator's labels.
 
     "soft" (reference code) keeps the annotator in the graph through its softmax; "hard" uses the
@@ -63,8 +81,8 @@ def synthetic_loss(seg_logits: torch.Tensor, annot_logits: torch.Tensor, target:
     if annot_logits.shape[-2:] != seg_logits.shape[-2:]:
         annot_logits = F.interpolate(annot_logits, size=seg_logits.shape[-2:], mode="bilinear", align_corners=False)
     if target == "hard":
-        return F.cross_entropy(seg_logits, annot_logits.argmax(1))
-    return soft_cross_entropy(seg_logits, F.softmax(annot_logits, dim=1))
+        return F.cross_entropy(seg_logits, annot_logits.argmax(1), weight=class_weights)
+    return soft_cross_entropy(seg_logits, F.softmax(annot_logits, dim=1), class_weights)
 
 
 @contextmanager
@@ -82,17 +100,20 @@ def only_these_require_grad(model: nn.Module, params: Sequence[nn.Parameter]) ->
 
 
 def real_gradient(segmentor: nn.Module, params: Sequence[nn.Parameter], images: torch.Tensor,
-                  masks: torch.Tensor) -> list[torch.Tensor]:
-    """The target: gradient of plain cross-entropy on the labelled batch, no graph kept."""
+                  masks: torch.Tensor, class_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The target: gradient of the cross-entropy on the labelled batch (plain, or class-weighted the
+    same way as the synthetic side), no graph kept."""
     logits = segmentor(images)
-    loss = F.cross_entropy(logits, masks, ignore_index=255)
+    loss = F.cross_entropy(logits, masks, weight=class_weights, ignore_index=255)
     grads = torch.autograd.grad(loss, params)
     return [torch.nan_to_num(g.detach()) for g in grads]
 
 
 def synthetic_gradient(segmentor: nn.Module, params: Sequence[nn.Parameter], images: torch.Tensor,
-                       annot_logits: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Gradient of the soft CE on the synthetic batch, with its graph (so it reaches the annotator)."""
-    loss = synthetic_loss(segmentor(images), annot_logits, "soft")
+                       annot_logits: torch.Tensor, class_weights: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Gradient of the soft CE on the synthetic batch, with its graph (so it reaches the annotator).
+    The cosine distance ignores each gradient's scale, so only the relative class weights matter."""
+    loss = synthetic_loss(segmentor(images), annot_logits, "soft", class_weights)
     grads = torch.autograd.grad(loss, params, create_graph=True)
     return list(grads), loss

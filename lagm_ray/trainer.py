@@ -41,6 +41,7 @@ from .synthetic import SyntheticSource, load_generator
 CHECKPOINT_FORMAT = "lagm_ray.trainer/v1"
 BEST_FORMAT = "lagm_ray.best/v1"
 EVAL_SEED = 987_654  # generated samples for evaluation come from their own stream
+POOL_SEED = 555_555  # and so does train.synthetic_pool, so a resumed run rebuilds the same pool
 
 
 class Callback:
@@ -100,9 +101,14 @@ class Trainer:
         self.num_classes = len(self.class_names)
         self.seg_size = cfg.data.seg_resolution or cfg.data.resolution
         self.is_lagm = t.method == "lagm"
+        # from the labelled training masks only: the few labels are all a method may know
+        self.class_weights = gm.class_weights(self.splits.train_masks, self.num_classes, t.class_weight_power)
+        if self.class_weights is not None:
+            self.class_weights = self.class_weights.to(self.device)
 
         self.source: SyntheticSource | None = None
         self.feature_index: list[int] | None = None
+        self._pool: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # train.synthetic_pool, made on first use
         if self.uses_generator:
             self.source = source or self._load_source()
             self.feature_index = self._feature_index(cfg.annotator.feature_resolutions)
@@ -163,7 +169,8 @@ class Trainer:
         t1 = time.perf_counter()
         metrics["time/annotator_phase_s"] = t1 - t0
         if self.step % self.cfg.train.K == 0:
-            metrics.update(self.segmentor_step_synthetic())
+            for _ in range(self.cfg.train.segmentor_steps):
+                metrics.update(self.segmentor_step_synthetic())
             metrics["time/segmentor_phase_s"] = time.perf_counter() - t1
         return metrics
 
@@ -210,9 +217,29 @@ class Trainer:
         return self.splits.train_images[idx].to(self.device), self.splits.train_masks[idx].to(self.device)
 
     def synthetic_batch(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Generated images at the segmentor's resolution and the generator features."""
-        batch = self.source.sample(self.cfg.train.synthetic_batch_size, generator=self.rng)
+        """Generated images at the segmentor's resolution and the generator features: a fresh G(z), or
+        a random batch of the pool when ``train.synthetic_pool`` is set."""
+        n = self.cfg.train.synthetic_batch_size
+        if self.cfg.train.synthetic_pool:
+            images, features = self.synthetic_pool()
+            idx = torch.randperm(len(images), generator=self.rng)[:n].to(images.device)
+            return images[idx], [f[idx] for f in features]
+        batch = self.source.sample(n, generator=self.rng)
         return to_size(batch.images, self.seg_size), feature_select(batch.features, self.feature_index)
+
+    def synthetic_pool(self, chunk: int = 64) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``train.synthetic_pool`` samples, generated once from their own seeded stream (never from
+        ``self.rng``: a run resumed from a checkpoint rebuilds the very same pool)."""
+        if self._pool is None:
+            size = self.cfg.train.synthetic_pool
+            rng = torch.Generator().manual_seed(POOL_SEED + self.cfg.run.seed + 1_000_003 * self.rank)
+            images, features = [], []
+            for i in range(0, size, chunk):
+                b = self.source.sample(min(chunk, size - i), generator=rng)
+                images.append(to_size(b.images, self.seg_size))
+                features.append(feature_select(b.features, self.feature_index))
+            self._pool = torch.cat(images), [torch.cat(f) for f in zip(*features)]
+        return self._pool
 
     # ------------------------------------------------------------------------------ steps
 
@@ -238,11 +265,12 @@ class Trainer:
         S.train()  # BN uses batch statistics and dropout is on, as in the reference code
         images, masks = self.labelled_batch()
         with gm.only_these_require_grad(S, self.matched_params):
-            g_real = gm.real_gradient(S, self.matched_params, images, masks)
+            g_real = gm.real_gradient(S, self.matched_params, images, masks, self.class_weights)
             t0 = time.perf_counter()
             syn_images, features = self.synthetic_batch()
             t_gen = time.perf_counter() - t0
-            g_syn, loss_syn = gm.synthetic_gradient(S, self.matched_params, syn_images, A(features))
+            g_syn, loss_syn = gm.synthetic_gradient(S, self.matched_params, syn_images, A(features),
+                                                    self.class_weights)
             loss_gm = gm.matching_distance(g_syn, g_real, t.node_reduction, t.count_1d_tensors)
         a_params = list(A.parameters())
         # autograd.grad, not backward(): the segmentor's own .grad must stay untouched.
@@ -266,7 +294,7 @@ class Trainer:
         S = self.segmentor
         S.train()
         images, masks = self.labelled_batch()
-        loss = F.cross_entropy(S(images), masks, ignore_index=255)
+        loss = F.cross_entropy(S(images), masks, weight=self.class_weights, ignore_index=255)
         self.minimise(loss, self.opt_s, S.parameters())
         return {"loss/segmentor": loss.item()}
 

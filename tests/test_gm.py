@@ -115,3 +115,37 @@ def test_head_only_builds_no_graph_in_the_backbone():
     assert not ({id(p) for p in S.backbone.parameters()} & reached)
     # requires_grad flags are restored afterwards
     assert all(p.requires_grad for p in S.parameters())
+
+
+def test_class_weights_hand_counted():
+    """3 of 4 labelled pixels are class 0, 1 is class 1, class 2 never appears, one pixel is ignored.
+    power 1: w = 1/freq = (4/3, 4) and 1 for the absent class; scaled so a labelled pixel weighs 1 on average."""
+    masks = torch.tensor([[[0, 0], [0, 1]], [[255, 255], [255, 255]]])
+    w = gm.class_weights(masks, 3, power=1.0)
+    expected = torch.tensor([4 / 3, 4.0, 1.0]) / 2.0  # (w * freq).sum() = 0.75 * 4/3 + 0.25 * 4 = 2
+    assert torch.allclose(w, expected)
+    assert torch.allclose(gm.class_weights(masks, 3, power=0.5), torch.tensor([(4 / 3) ** 0.5, 2.0, 1.0])
+                          / (0.75 * (4 / 3) ** 0.5 + 0.25 * 2.0))
+    assert gm.class_weights(masks, 3, power=0.0) is None  # plain cross-entropy
+
+
+def test_class_weighted_losses_hand_computed():
+    """Soft CE weighs each class's target mass by w_c; the labelled side is torch's weighted CE."""
+    logits = torch.zeros(1, 2, 1, 2)  # uniform prediction: -log softmax = log 2 everywhere
+    probs = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # pixel 0 is class 0, pixel 1 class 1
+    w = torch.tensor([3.0, 1.0])
+    assert math.isclose(gm.soft_cross_entropy(logits, probs, w).item(), (3 + 1) / 2 * math.log(2), rel_tol=1e-6)
+    # the hard target of the same labels, through synthetic_loss, is torch's weighted mean (divides by sum w)
+    annot = torch.log(probs.clamp_min(1e-9))
+    hard = gm.synthetic_loss(logits, annot, "hard", w)
+    assert math.isclose(hard.item(), math.log(2), rel_tol=1e-6)
+    # the labelled-side gradient is the gradient of the weighted CE
+    net = nn.Conv2d(3, 2, 1)
+    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    (g_w,) = gm.real_gradient(net, [net.weight], x, y, w)
+    ce = F.cross_entropy(net(x), y, reduction="none")
+    wy = w[y]
+    (expected,) = torch.autograd.grad((wy * ce).sum() / wy.sum(), [net.weight])
+    assert torch.allclose(g_w, expected, atol=1e-6)
+    (g_plain,) = gm.real_gradient(net, [net.weight], x, y)
+    assert not torch.allclose(g_w, g_plain)

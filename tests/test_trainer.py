@@ -37,6 +37,60 @@ def test_segmentor_updated_every_k_steps(tiny_config):
     assert not same(s0, weights(tr.segmentor))
 
 
+def test_segmentor_steps_per_update(tiny_config):
+    """train.segmentor_steps 3 takes three optimiser steps each time the segmentor is updated."""
+    tr = Trainer(tiny_config(**{"train.segmentor_steps": 3, "train.segmentor_optim.name": "adam"}))
+    tr.train_step()
+    assert tr.opt_s.state[next(tr.segmentor.parameters())]["step"] == 3
+    tr = Trainer(tiny_config(**{"train.K": 2, "train.segmentor_steps": 3, "train.segmentor_optim.name": "adam"}))
+    tr.train_step()
+    tr.train_step()
+    assert tr.opt_s.state[next(tr.segmentor.parameters())]["step"] == 3
+
+
+@pytest.mark.parametrize("method", ["lagm", "supervised"])
+def test_class_weights_come_from_the_labelled_masks(tiny_config, method):
+    """train.class_weight_power: weights from the labelled training masks alone; they change the step."""
+    from lagm_ray import gm
+
+    plain = Trainer(tiny_config(**{"train.method": method}))
+    weighted = Trainer(tiny_config(**{"train.method": method, "train.class_weight_power": 1.0}))
+    assert plain.class_weights is None
+    expected = gm.class_weights(weighted.splits.train_masks, weighted.num_classes, 1.0)
+    assert torch.equal(weighted.class_weights, expected)
+    assert same(weights(plain.segmentor), weights(weighted.segmentor))  # same seed, same start
+    m_plain, m_weighted = plain.train_step(), weighted.train_step()
+    key = "loss/gm" if method == "lagm" else "loss/segmentor"
+    assert m_plain[key] != m_weighted[key]
+
+
+def test_synthetic_pool_draws_from_samples_made_once(tiny_config, tmp_path):
+    """train.synthetic_pool N: every synthetic batch is N-pool samples, made once from their own seed
+    (the generator is not called again), and a resumed run rebuilds the same pool."""
+    tr = Trainer(tiny_config(**{"train.synthetic_pool": 6, "train.synthetic_batch_size": 2}))
+    pool_images, pool_features = tr.synthetic_pool()
+    assert pool_images.shape[0] == 6 and all(f.shape[0] == 6 for f in pool_features)
+    calls = []
+    tr.source.sample = lambda *a, **k: calls.append(1)
+    images, features = tr.synthetic_batch()
+    assert not calls
+    rows = [next(i for i in range(6) if torch.equal(pool_images[i], img)) for img in images]
+    assert len(set(rows)) == 2
+    # each image comes with its own sample's features, at every level
+    assert all(torch.equal(f[b], pf[row]) for f, pf in zip(features, pool_features) for b, row in enumerate(rows))
+    tr.train_step()
+
+    full = Trainer(tiny_config(**{"train.synthetic_pool": 6}))
+    full.fit()
+    half = Trainer(tiny_config(**{"train.synthetic_pool": 6, "train.steps": 3}))
+    half.fit([LocalCheckpoints(tmp_path / "ck")])
+    resumed = Trainer(tiny_config(**{"train.synthetic_pool": 6}))
+    resumed.load(tmp_path / "ck" / "last.pt")
+    resumed.fit()
+    assert full.history == resumed.history
+    assert same(params(full.annotator), params(resumed.annotator))
+
+
 @pytest.mark.parametrize("method", ["lagm", "supervised"])
 def test_same_seed_same_metrics(tiny_config, method):
     r1 = Trainer(tiny_config(**{"train.method": method})).fit()
@@ -79,6 +133,12 @@ def test_bad_config_errors(tiny_config):
         Trainer(tiny_config(**{"data.num_labelled": 5000}))
     with pytest.raises(ConfigError, match="train.K"):
         tiny_config(**{"train.K": 0})
+    with pytest.raises(ConfigError, match="train.class_weight_power must be >= 0, got -1"):
+        tiny_config(**{"train.class_weight_power": -1})
+    with pytest.raises(ConfigError, match="train.segmentor_steps must be >= 1, got 0"):
+        tiny_config(**{"train.segmentor_steps": 0})
+    with pytest.raises(ConfigError, match=r"train.synthetic_pool must be 0 \(fresh samples\) or at least"):
+        tiny_config(**{"train.synthetic_pool": 1, "train.synthetic_batch_size": 2})
     with pytest.raises(ConfigError, match="train.segmentor_optim.lr"):
         tiny_config(**{"train.segmentor_optim.lr": 0.0})
     with pytest.raises(ConfigError, match=r"data.resolution is 64 but the generator .* makes 32 px images"):
