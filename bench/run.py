@@ -93,7 +93,8 @@ def bench_blocks(kind: str, width: int | None, blocks: dict[str, list[str]], res
 
 # The same small LAGM run for every Ray measurement: the quickstart networks, evaluation only at the end.
 RAY_WORK = {"train.eval_interval": 10_000, "train.checkpoint_interval": 10, "train.log_interval": 10,
-            "data.num_val": 16, "data.num_test": 16, "eval.num_annotator_samples": 8, "tracking.enabled": False}
+            "data.num_val": 16, "data.num_test": 16, "eval.num_annotator_samples": 8, "tracking.enabled": False,
+            "train.synthetic_pool": 0}  # the generator in every step, as these were first measured
 QUICKSTART = ROOT / "lagm_ray" / "configs" / "quickstart.yaml"
 
 

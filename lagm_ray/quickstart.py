@@ -29,7 +29,7 @@ def quickstart_configs(quick: bool = False, seeds=(0,), extra: dict | None = Non
                 if quick:
                     overrides.update({"train.steps": 40, "train.eval_interval": 20, "train.checkpoint_interval": 20,
                                       "train.log_interval": 10, "data.num_val": 20, "data.num_test": 20,
-                                      "eval.num_annotator_samples": 16})
+                                      "eval.num_annotator_samples": 16, "train.synthetic_pool": 64})
                 out[(method, labels, seed)] = load_config(CONFIG, {**overrides, **(extra or {})})
     return out
 
