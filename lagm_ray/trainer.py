@@ -224,7 +224,11 @@ class Trainer:
             images, features = self.synthetic_pool()
             idx = torch.randperm(len(images), generator=self.rng)[:n].to(images.device)
             return images[idx], [f[idx] for f in features]
-        batch = self.source.sample(n, generator=self.rng)
+        return self._generate(n, self.rng)
+
+    def _generate(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """n fresh samples of G: images at the segmentor's resolution, the annotator's features."""
+        batch = self.source.sample(n, generator=rng)
         return to_size(batch.images, self.seg_size), feature_select(batch.features, self.feature_index)
 
     def synthetic_pool(self, chunk: int = 64) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -233,11 +237,7 @@ class Trainer:
         if self._pool is None:
             size = self.cfg.train.synthetic_pool
             rng = torch.Generator().manual_seed(POOL_SEED + self.cfg.run.seed + 1_000_003 * self.rank)
-            images, features = [], []
-            for i in range(0, size, chunk):
-                b = self.source.sample(min(chunk, size - i), generator=rng)
-                images.append(to_size(b.images, self.seg_size))
-                features.append(feature_select(b.features, self.feature_index))
+            images, features = zip(*(self._generate(min(chunk, size - i), rng) for i in range(0, size, chunk)))
             self._pool = torch.cat(images), [torch.cat(f) for f in zip(*features)]
         return self._pool
 
