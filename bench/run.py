@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lagm_ray.config import load_config  # noqa: E402
-from lagm_ray.io import atomic_write_text  # noqa: E402
+from lagm_ray.storage import atomic_write_text  # noqa: E402
 from lagm_ray.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results.json"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
-from lagm_ray.cli import generate_and_log
 from lagm_ray.datagen import DatasetError, GenerationSpec
+from lagm_ray.runs import generate_and_log
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

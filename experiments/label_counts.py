@@ -16,8 +16,8 @@ import _path  # noqa: F401
 from rich.table import Table
 
 from lagm_ray import paper
-from lagm_ray.config import ConfigError
 from lagm_ray.data.datasets import canonical_dataset_name
+from lagm_ray.errors import ConfigError
 from lagm_ray.experiment import SEARCH_SPACES, main
 from lagm_ray.sweep_spec import Domain
 

@@ -1,9 +1,10 @@
-"""`lagm` command line: thin wrappers that build a Config and call the library."""
+"""`lagm` command line: each command parses its arguments, calls one library function and prints.
+
+Each command imports what it calls inside its body: the library pulls in torch, MLflow and Ray (about
+5 s on 2 cores), which `lagm --help` and a mistyped flag should not wait for."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import ConfigError
 
 app = typer.Typer(help="LAGM (learning to annotate part segmentation with gradient matching) on Ray.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,47 +26,6 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a key, e.g. --set trai
 def fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
-
-
-def run_dir_of(cfg) -> Path:
-    return Path(cfg.run.output_dir) / cfg.run.name
-
-
-def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: bool = True,
-              description: str | None = None):
-    """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar."""
-    from .progress import ProgressCallback
-    from .methods import build_trainer
-    from .trainer import LocalCheckpoints
-
-    run_dir = run_dir_of(cfg)
-    trainer = build_trainer(cfg)
-    if resume:
-        path = run_dir / "last.pt" if resume == "auto" else Path(resume)
-        if path.exists():
-            trainer.load(path)
-            console.print(f"resumed from {path} at step {trainer.step}")
-        elif resume != "auto":
-            fail(f"checkpoint to resume from not found: {path}")
-    callbacks = [LocalCheckpoints(run_dir)]
-    if progress:
-        callbacks.append(ProgressCallback(description or cfg.run.name))
-    if track and cfg.tracking.enabled:
-        from .tracking import MLflowCallback
-
-        run_id_file = run_dir / "mlflow_run_id"
-        run_id = run_id_file.read_text().strip() if trainer.step > 0 and run_id_file.exists() else None
-        cb = MLflowCallback(cfg, run_id=run_id)
-        callbacks.append(cb)
-        result = trainer.fit(callbacks)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run_id_file.write_text(cb.run_id or "")
-    else:
-        result = trainer.fit(callbacks)
-    from .io import atomic_write_text
-
-    atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))
-    return result
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -84,6 +45,8 @@ def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt
           resume: Optional[str] = typer.Option(None, help="'auto' (the run dir's last.pt) or a checkpoint path."),
           track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train an annotator (LAGM) or a baseline from a config."""
+    from .runs import train_one
+
     try:
         cfg = load_config(config, set_ or [])
         result = train_one(cfg, resume=resume, track=track)
@@ -97,7 +60,7 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of 
              config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
              downstream: bool = typer.Option(False, help="Also run Table 1's downstream protocol.")):
     """Evaluate a trained segmentor (and annotator) on the test split."""
-    from .evaluate_run import evaluate_checkpoint
+    from .runs import evaluate_checkpoint
 
     try:
         metrics = evaluate_checkpoint(checkpoint, config, set_ or [], downstream=downstream)
@@ -122,38 +85,12 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
                         track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
     from .generator_training import recipe
+    from .runs import train_toy_generator
 
     # options left unset take the category's recipe
     given = {"steps": steps, "batch_size": batch_size, "lr": lr, "part_weighting": part_weighting}
     c = recipe(category, resolution=resolution, seed=seed, **{k: v for k, v in given.items() if v is not None})
     train_toy_generator(c, out, track=track)
-
-
-def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> dict[str, float]:
-    """Train a toy generator with a progress bar, logged to MLflow (experiment lagm-generators)."""
-    from .generator_training import train_generator
-    from .progress import make_progress
-    from .synthetic import embedded_generator_path
-
-    out = out or embedded_generator_path(c.category)
-    run = contextlib.nullcontext()  # yields None: no MLflow
-    if track:
-        from .tracking import generator_run
-
-        run = generator_run(c.__dict__, f"toy-generator-{c.category}-{c.resolution}px")
-    with run as log_metrics, make_progress() as progress:
-        task = progress.add_task(f"generator {c.category}", total=c.steps, info="")
-
-        def on_step(step, m):
-            progress.update(task, completed=step, info=f"L1 {m['loss/distill']:.4f}")
-            if log_metrics is not None and step % 100 == 0:
-                log_metrics(m, step=step)
-
-        metrics = train_generator(c, out, on_step=on_step)
-        if log_metrics is not None:
-            log_metrics(metrics)
-    console.print(f"saved {out}: held-out L1 {metrics['heldout_l1']:.4f}, {metrics['train_seconds']:.0f} s")
-    return metrics
 
 
 @app.command("import-generator")
@@ -164,7 +101,8 @@ def import_generator_cmd(pkl: Path = typer.Argument(..., help="An NVlabs stylega
                              None, help="Comma-separated part classes, background first, e.g. bg,eye,mouth.")):
     """Convert an NVlabs network pickle's G_ema to a lagm_ray generator checkpoint, without running any
     code from the pickle (only whitelisted tensor and container types are read)."""
-    from .io import CheckpointError, save_checkpoint
+    from .errors import CheckpointError
+    from .storage import save_checkpoint
     from .synthetic import import_nvlabs_checkpoint
 
     names = [n.strip() for n in class_names.split(",") if n.strip()] if class_names else None
@@ -258,52 +196,6 @@ def report(sweep_name: str = typer.Argument(..., metavar="SWEEP", help="A sweep 
     console.print("wrote " + ", ".join(str(p) for p in paths.values() if p.exists()))
 
 
-def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, concurrency: Optional[int] = None,
-                     cpus_per_actor: float = 1.0, use_gpu: Optional[bool] = None, track: bool = True,
-                     experiment: str = "lagm-datasets") -> dict:
-    """`lagm generate` and experiments/generate_dataset.py: generate (on Ray, or ``local``ly) with a progress
-    bar (images and shards done, images/s), then log the run to MLflow with a sample grid."""
-    import time
-
-    from .datagen import generate_local, sample_grid
-    from .progress import make_progress
-
-    def warn(message: str) -> None:
-        console.print(f"[yellow]warning:[/] {message}")
-
-    t0 = time.perf_counter()
-    with make_progress() as progress:
-        task = progress.add_task(f"generate {out.name}", total=spec.num_images, info="")
-
-        def on_shard(plan, entry) -> None:
-            new = sum(len(plan.spec.shard_seeds(i)) for i in plan.written)
-            shards = len(plan.done) + len(plan.written)
-            filtered = sum(e["filtered"] for e in plan.written.values())
-            progress.update(task, completed=plan.images_done,
-                            info=f"shards {shards}/{plan.spec.num_shards}  {new / (time.perf_counter() - t0):.1f} img/s"
-                                 + (f"  filtered {filtered}" if filtered else ""))
-
-        if local:
-            manifest = generate_local(annotator, out, spec, on_shard=on_shard, warn=warn)
-        else:
-            from .distributed.datagen import generate_dataset
-
-            manifest = generate_dataset(annotator, out, spec, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
-                                        use_gpu=use_gpu, on_shard=on_shard, warn=warn)
-        progress.update(task, completed=spec.num_images)
-    last = manifest["last_run"]
-    rate = f", {last['images_per_s']:.1f} images/s" if last.get("images_per_s") else ""
-    console.print(f"{out}: {manifest['rows']} rows in {manifest['num_shards']} shards "
-                  f"({manifest['filter']['filtered']} filtered; {last['shards_written']} shards written now, "
-                  f"{last['shards_reused']} kept{rate})")
-    if track:
-        from .tracking import log_dataset_run
-
-        run_id = log_dataset_run(manifest, out, sample_grid(out), experiment=experiment)
-        console.print(f"MLflow run {run_id} (experiment {experiment})")
-    return manifest
-
-
 @app.command()
 def generate(annotator: Path = typer.Option(..., "--annotator",
                                             help="A LAGM run directory (its best.pt) or a checkpoint."),
@@ -324,6 +216,7 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
     """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
     Re-running the same command after an interruption writes only the missing shards."""
     from .datagen import DatasetError, GenerationSpec
+    from .runs import generate_and_log
 
     try:
         spec = GenerationSpec(num_images=num_images, shard_size=shard_size, seed=seed, batch_size=batch_size,

@@ -19,9 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key (and the file when there is one)."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -496,7 +494,9 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.K >= 1, "train.K", f"must be >= 1 (segmentor updated every K steps), got {t.K}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(len(t.matched_blocks) > 0, "train.matched_blocks", "must name at least one block")
-    from .models.segmentors import blocks_of_kind  # imports torch: only when a config is validated
+    from .models.segmentors import (
+        blocks_of_kind,  # imports torch: only when a config is validated
+    )
 
     try:
         valid_blocks = blocks_of_kind(cfg.segmentor.kind)

@@ -33,7 +33,7 @@ checked (parquet page checksums, their recorded identity) before they are truste
 from __future__ import annotations
 
 import dataclasses
-import io as _io
+import io
 import json
 import math
 import os
@@ -51,9 +51,21 @@ from torch import nn
 
 from . import __version__
 from .data.datasets import resize_labels
-from .evaluation import feature_index, feature_select, to_size
-from .io import atomic_path, atomic_write_text, code_version, load_checkpoint, sha256_file
-from .synthetic import SyntheticSource, generator_meta, resolve_generator_path
+from .storage import (
+    atomic_path,
+    atomic_write_text,
+    code_version,
+    load_checkpoint,
+    sha256_file,
+)
+from .synthetic import (
+    SyntheticSource,
+    feature_index,
+    feature_select,
+    generator_meta,
+    resolve_generator_path,
+    to_size,
+)
 
 DATASET_FORMAT = "lagm_ray.dataset/v1"
 MANIFEST = "_manifest.json"
@@ -176,7 +188,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = None) -> AnnotatorInfo:
-    from .config import ConfigError, from_dict
+    from .config import from_dict
+    from .errors import ConfigError
     from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT
 
     path = resolve_checkpoint(path).resolve()
@@ -326,7 +339,7 @@ def encode_image(image: torch.Tensor) -> bytes:
 
     from .viz import to_uint8_image
 
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(to_uint8_image(image)).save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
 
@@ -340,7 +353,7 @@ def encode_mask(mask: torch.Tensor, num_classes: int) -> bytes:
 
     im = Image.fromarray(mask.numpy().astype(np.uint8))
     im.putpalette(palette(num_classes).tobytes())
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
 
@@ -348,7 +361,7 @@ def encode_mask(mask: torch.Tensor, num_classes: int) -> bytes:
 def decode_png(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(_io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im)
 
 

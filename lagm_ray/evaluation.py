@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
 from .data.datasets import resize_labels
 from .metrics import ConfusionMeter
-from .synthetic import SyntheticSource
+from .synthetic import SyntheticSource, feature_select, to_size
 
 
 @torch.no_grad()
@@ -42,24 +41,6 @@ def annotator_labels(annotator: nn.Module, features: Sequence[torch.Tensor]) -> 
     return labels
 
 
-def feature_select(features: Sequence[torch.Tensor], index: Sequence[int] | None) -> list[torch.Tensor]:
-    """The generator blocks that feed the annotator (``annotator.feature_resolutions``)."""
-    return list(features) if index is None else [features[i] for i in index]
-
-
-def feature_index(available: Sequence[int], resolutions: Sequence[int]) -> list[int]:
-    """Indices of the generator blocks (``available`` block resolutions) that ``annotator.feature_resolutions``
-    names; every block when it is empty. Shared by the trainer and `lagm generate`, which rebuild the same
-    annotator from a checkpoint."""
-    available = list(available)
-    if not resolutions:
-        return list(range(len(available)))
-    bad = [r for r in resolutions if r not in available]
-    if bad:
-        raise ConfigError(f"annotator.feature_resolutions: {bad} not among the generator's blocks {available}")
-    return [available.index(r) for r in sorted(resolutions)]
-
-
 def annotator_confusion(annotator: nn.Module, source: SyntheticSource, n: int, seed: int, num_classes: int,
                         batch_size: int = 16, feature_index: Sequence[int] | None = None) -> torch.Tensor:
     """Annotator labels of generated images against their true masks (embedded world only).
@@ -73,13 +54,6 @@ def annotator_confusion(annotator: nn.Module, source: SyntheticSource, n: int, s
         # an annotator fed by coarser blocks only labels at a lower resolution: score at the mask's
         meter.update(resize_labels(labels, truth.shape[-2:]), truth)
     return meter.matrix
-
-
-def to_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Synthetic images down to the segmentor's input resolution (Table C.9)."""
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="area")
 
 
 def picture_grid(annotator: nn.Module | None, segmentor: nn.Module, source: SyntheticSource | None,

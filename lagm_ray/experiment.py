@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, parse_override
+from .config import parse_override
+from .errors import ConfigError
 from .sweep_spec import SweepSpec, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

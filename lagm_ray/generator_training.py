@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from .data.toyworld import get_category, render
-from .io import save_checkpoint, seed_everything
 from .models.generator import Generator
+from .seeding import seed_everything
+from .storage import save_checkpoint
 from .synthetic import GENERATOR_FORMAT, latent_to_params
 
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from .trainer import Callback, Trainer, TrainResult
+from .callbacks import Callback, TrainResult
 
 console = Console(stderr=True)
 
@@ -25,7 +32,7 @@ class ProgressCallback(Callback):
         self.task = None
         self.info = ""
 
-    def on_start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Any) -> None:
         self.progress = make_progress()
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=trainer.total_steps,

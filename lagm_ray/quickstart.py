@@ -4,15 +4,20 @@ faces, on a CPU budget; prints a table and writes quickstart_results.json."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from .config import load_config
-from .io import atomic_write_text
+from .config import from_dict, load_config
+from .progress import make_progress
+from .runs import train_one
+from .storage import atomic_write_text
+from .tracking import end_run, start_parent_run, tracking_uri
 
 CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 console = Console()
@@ -36,8 +41,6 @@ def quickstart_configs(quick: bool = False, seeds=(0,), extra: dict | None = Non
 
 def _timed_training(cfg, track: bool, progress: bool = True, description: str | None = None) -> dict:
     """One quickstart training: its result metrics and its wall time in seconds."""
-    from .cli import train_one
-
     t0 = time.perf_counter()
     metrics = train_one(cfg, track=track, progress=progress, description=description).metrics
     return {**metrics, "seconds": time.perf_counter() - t0}
@@ -45,8 +48,6 @@ def _timed_training(cfg, track: bool, progress: bool = True, description: str | 
 
 def _train_in_worker(cfg_dict: dict, track: bool) -> dict:
     """One quickstart training in a worker process (no progress bar: several share the terminal)."""
-    from .config import from_dict
-
     return _timed_training(from_dict(cfg_dict, source="quickstart"), track, progress=False)
 
 
@@ -61,8 +62,6 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
     parent_id = None
     any_cfg = next(iter(configs.values()))
     if track:
-        from .tracking import start_parent_run
-
         parent_id = start_parent_run("quickstart", any_cfg.tracking.experiment, any_cfg.tracking.uri)
     if parent_id:
         configs = {k: cfg.replace({"tracking.parent_run_id": parent_id}) for k, cfg in configs.items()}
@@ -75,8 +74,6 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
                        for (m, l, s), cfg in configs.items()}
     except BaseException:
         if parent_id:  # not left RUNNING in the UI
-            from .tracking import end_run
-
             end_run(parent_id, any_cfg.tracking.uri, "FAILED")
         raise
 
@@ -103,8 +100,6 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
                        for (m, l, s), r in results.items()}
     atomic_write_text(out, json.dumps(summary, indent=2))
     if parent_id:
-        from .tracking import end_run
-
         end_run(parent_id, any_cfg.tracking.uri, metrics={k: v for k, v in summary.items() if isinstance(v, float)},
                 summary=(summary, "quickstart_results.json"))
 
@@ -124,18 +119,11 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
     console.print(table)
     console.print(f"wrote {out} ({summary['total_seconds']:.0f} s)")
     if track:
-        from .tracking import tracking_uri
-
         console.print(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri()}  (then open http://127.0.0.1:5000)")
     return summary
 
 
 def _run_in_workers(configs: dict, track: bool, parallel: int) -> dict[tuple, dict]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from .progress import make_progress
-
     # The long LAGM trainings first, so that the short supervised ones fill in at the end.
     order = sorted(configs, key=lambda k: k[0] != "lagm")
     with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool, \

@@ -11,7 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from .tracking import METRIC_TAG, STOPPED_TAG, SWEPT_TAG, TRIAL_TAG, child_runs, tracking_uri
+from .tracking import (
+    METRIC_TAG,
+    STOPPED_TAG,
+    SWEPT_TAG,
+    TRIAL_TAG,
+    child_runs,
+    tracking_uri,
+)
 
 # Columns after the swept values, in this order when present. The selection metric (best validation
 # FG-mIoU) first, then the test numbers at that step, the annotator against true masks, cost.
@@ -216,7 +223,7 @@ def write_report(parent_run_id: str, uri: str | None = None, out_dir: str | Path
         out_dir = tmp.name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_path
+    from .storage import atomic_path
 
     paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "summary.png"}
     with atomic_path(paths["csv"]) as p:

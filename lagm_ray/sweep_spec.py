@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, flatten, load_config
+from .config import Config, flatten, load_config
+from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "int")

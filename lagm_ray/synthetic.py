@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .io import load_checkpoint
+from .errors import ConfigError
 from .models.generator import Generator
+from .storage import load_checkpoint
 
 ASSETS = Path(__file__).parent / "assets"
 GENERATOR_FORMAT = "lagm_ray.generator/v1"
@@ -172,6 +174,34 @@ class SyntheticSource:
         params = latent_to_params(z.cpu(), self.meta["num_params"])
         _, masks = render(self.meta["category"], params, self.resolution)
         return masks.to(self.device)
+
+
+# ---- what the trainer, the methods and data generation take from a batch
+
+
+def feature_select(features: Sequence[torch.Tensor], index: Sequence[int] | None) -> list[torch.Tensor]:
+    """The generator blocks that feed the annotator (``annotator.feature_resolutions``)."""
+    return list(features) if index is None else [features[i] for i in index]
+
+
+def feature_index(available: Sequence[int], resolutions: Sequence[int]) -> list[int]:
+    """Indices of the generator blocks (``available`` block resolutions) that ``annotator.feature_resolutions``
+    names; every block when it is empty. Shared by the trainer and `lagm generate`, which rebuild the same
+    annotator from a checkpoint."""
+    available = list(available)
+    if not resolutions:
+        return list(range(len(available)))
+    bad = [r for r in resolutions if r not in available]
+    if bad:
+        raise ConfigError(f"annotator.feature_resolutions: {bad} not among the generator's blocks {available}")
+    return [available.index(r) for r in sorted(resolutions)]
+
+
+def to_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Synthetic images down to the segmentor's input resolution (Table C.9)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="area")
 
 
 def sample(n: int, seed: int, category: str = "faces", device: str = "cpu") -> SyntheticBatch:

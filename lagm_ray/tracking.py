@@ -1,6 +1,6 @@
 """MLflow for every run: full config, code version, per-step metrics and timings, pictures, checkpoints.
 
-A thin :class:`~lagm_ray.trainer.Callback`; the trainer never imports MLflow. Sweeps nest trial runs
+A thin :class:`~lagm_ray.callbacks.Callback`; the trainer never imports MLflow. Sweeps nest trial runs
 under one parent run by passing ``tracking.parent_run_id``.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from .callbacks import Callback, TrainResult
 from .config import Config
-from .io import code_version  # noqa: F401  (re-exported: cli and quickstart import it from here)
-from .trainer import Callback, Trainer, TrainResult
+from .storage import code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -134,9 +134,9 @@ class MLflowCallback(Callback):
         self.run_name = run_name or cfg.run.name
         self.tags = dict(tags or {})
         self.run_id = run_id  # resume into an existing run (after a restart) instead of a new one
-        self.trainer: Trainer | None = None
+        self.trainer: Any = None  # the running Trainer
 
-    def on_start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Any) -> None:
         self.trainer = trainer
         experiment_id = setup(self.cfg)
         tags = {**code_version(), "method": self.cfg.train.method, **self.tags}

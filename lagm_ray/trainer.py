@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -28,39 +27,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import gm
-from .config import Config, ConfigError, resolve_device
+from .callbacks import Callback, TrainResult
+from .config import Config, resolve_device
 from .data.datasets import LabelledSplits, load_labelled_splits
-from .evaluation import (annotator_confusion, feature_index, feature_select, picture_grid, segmentor_confusion,
-                         to_size)
-from .io import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .errors import ConfigError
+from .evaluation import annotator_confusion, picture_grid, segmentor_confusion
 from .metrics import drop_per_class, summarize
 from .models.annotator import FPNAnnotator
-from .models.segmentors import UnknownBlockError, build_segmentor, load_torchvision_weights, select_matched_parameters
-from .synthetic import SyntheticSource, load_generator
+from .models.segmentors import (
+    UnknownBlockError,
+    build_segmentor,
+    load_torchvision_weights,
+    select_matched_parameters,
+)
+from .seeding import rng_state, seed_everything, set_rng_state
+from .storage import load_checkpoint, save_checkpoint
+from .synthetic import (
+    SyntheticSource,
+    feature_index,
+    feature_select,
+    load_generator,
+    to_size,
+)
 
 CHECKPOINT_FORMAT = "lagm_ray.trainer/v1"
 BEST_FORMAT = "lagm_ray.best/v1"
 EVAL_SEED = 987_654  # generated samples for evaluation come from their own stream
 POOL_SEED = 555_555  # and so does train.synthetic_pool, so a resumed run rebuilds the same pool
-
-
-class Callback:
-    """Hooks the outer layers implement; every method is optional."""
-
-    wants_pictures = False  # True where on_eval shows its pictures: only then does fit draw them
-
-    def on_start(self, trainer: "Trainer") -> None: ...
-    def on_log(self, step: int, metrics: dict[str, float]) -> None: ...
-    def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None: ...
-    def on_checkpoint(self, step: int, trainer: "Trainer") -> None: ...
-    def on_end(self, result: "TrainResult") -> None: ...
-
-
-@dataclass
-class TrainResult:
-    metrics: dict[str, float]  # test metrics at the best validation step, plus bookkeeping
-    best_step: int
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], o) -> torch.optim.Optimizer:

@@ -7,7 +7,7 @@ no global backend switch, safe in worker threads).
 
 from __future__ import annotations
 
-import io as _io
+import io
 import os
 from typing import Sequence
 
@@ -133,7 +133,7 @@ def _figure_to_image(fig):
     from PIL import Image
 
     FigureCanvasAgg(fig)
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     buf.seek(0)
     img = Image.open(buf)
@@ -188,7 +188,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xl
 
 
 def save_png(image, path: str | os.PathLike) -> None:
-    from .io import atomic_path
+    from .storage import atomic_path
 
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")  # explicit: the temp name has no .png suffix

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
+from lagm_ray.callbacks import Callback
 from lagm_ray.config import load_config
 from lagm_ray.data.toyworld import get_category
-from lagm_ray.io import save_checkpoint
 from lagm_ray.models.generator import Generator
+from lagm_ray.storage import save_checkpoint
 from lagm_ray.synthetic import GENERATOR_FORMAT
-from lagm_ray.trainer import Callback
 
 TINY_G = dict(z_dim=64, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
               mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=16)

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_experiment
 import torch
+from conftest import load_experiment
 from PIL import Image
 
-from lagm_ray.config import ConfigError, DataConfig, load_config
+from lagm_ray.config import DataConfig, load_config
 from lagm_ray.data import celebamask
 from lagm_ray.data.celebamask import CLASS_NAMES, image_path, mask_path
 from lagm_ray.data.datasets import load_labelled_splits
-from lagm_ray.data.files import DataError
+from lagm_ray.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG, MSK = 32, 16

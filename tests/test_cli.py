@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import lagm_cli
 
 LAGM = [sys.executable, "-m", "lagm_ray.cli"]

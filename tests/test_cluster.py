@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

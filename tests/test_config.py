@@ -1,6 +1,7 @@
 import pytest
 
-from lagm_ray.config import Config, ConfigError, load_config, parse_override
+from lagm_ray.config import Config, load_config, parse_override
+from lagm_ray.errors import ConfigError
 
 
 def test_defaults_are_the_papers():

@@ -15,11 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from lagm_ray import datagen as dg
 from lagm_ray.config import load_config
-from lagm_ray.io import save_checkpoint, sha256_file
+from lagm_ray.storage import save_checkpoint, sha256_file
 from lagm_ray.trainer import BEST_FORMAT, Trainer
 from lagm_ray.viz import to_uint8_image
 
@@ -92,8 +92,9 @@ def test_schema_and_round_trip(dataset, tiny_run):
         assert np.array_equal(dg.decode_png(row["label"]), s.labels[i].numpy())
         assert np.array_equal(dg.decode_png(row["true_mask"]), s.true_masks[i].numpy())
         assert row["confidence"] == s.confidence[i].item() and row["entropy"] == s.entropy[i].item()
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     label = Image.open(io.BytesIO(df["label"][0]))
     assert label.mode == "P" and label.size == (32, 32) and label.getpalette()[:3] == [0, 0, 0]

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lagm_ray.models.generator import Generator, conv2d_resample, setup_filter, upfirdn2d, upsample2d
+from lagm_ray.models.generator import (
+    Generator,
+    conv2d_resample,
+    setup_filter,
+    upfirdn2d,
+    upsample2d,
+)
 
 
 def tiny(res=32, **kw):

@@ -1,11 +1,10 @@
 """Distilling the renderer into the toy StyleGAN2: the loss by hand, and a short real training."""
 
 import torch
+from conftest import lagm_cli
 
 from lagm_ray.generator_training import distill_loss, part_weights
 from lagm_ray.synthetic import load_generator
-
-from conftest import lagm_cli
 
 
 def test_distill_loss_by_hand():

@@ -4,15 +4,25 @@ import json
 import math
 
 import pytest
-from conftest import lagm_cli
 import torch
 import torch.nn.functional as F
+from conftest import lagm_cli
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import build_trainer
-from lagm_ray.methods.datasetgan import (DatasetGANTrainer, StyleInterpreter, image_uncertainty, js_divergence,
-                                         majority_vote)
-from lagm_ray.methods.pixel_features import features_at, label_in_chunks, stratified_pixels, upsample_concat
+from lagm_ray.methods.datasetgan import (
+    DatasetGANTrainer,
+    StyleInterpreter,
+    image_uncertainty,
+    js_divergence,
+    majority_vote,
+)
+from lagm_ray.methods.pixel_features import (
+    features_at,
+    label_in_chunks,
+    stratified_pixels,
+    upsample_concat,
+)
 from lagm_ray.trainer import LocalCheckpoints
 
 # 2 labeller steps then 4 segmentor steps on a set of 12 generated images (3 dropped as most uncertain)

@@ -6,14 +6,20 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import KeepCheckpointAt, lagm_cli
 import torch
 import torch.nn.functional as F
+from conftest import KeepCheckpointAt, lagm_cli
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import build_trainer
-from lagm_ray.methods.ganorcon import (GANORCONTrainer, HypercolumnSegmentor, MoCo, info_nce, moco_v2_augment,
-                                       segmentation_augment)
+from lagm_ray.methods.ganorcon import (
+    GANORCONTrainer,
+    HypercolumnSegmentor,
+    MoCo,
+    info_nce,
+    moco_v2_augment,
+    segmentation_augment,
+)
 from lagm_ray.models.segmentors import UNet, resnet
 
 SMALL = {"train.method": "ganorcon", "train.steps": 9, "ganorcon.pretrain_steps": 3, "ganorcon.projector_steps": 3,

@@ -4,15 +4,23 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import lagm_cli
 import torch
+from conftest import lagm_cli
 from torch import nn
 
-from lagm_ray.config import ConfigError
+from lagm_ray.callbacks import Callback
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import build_trainer
-from lagm_ray.methods.lagm_baselines import (InversionTrainer, MAMLTrainer, PseudoLabelTrainer, maml_meta_loss,
-                                             project, reconstruction_mse, w_statistics)
-from lagm_ray.trainer import Callback, LocalCheckpoints
+from lagm_ray.methods.lagm_baselines import (
+    InversionTrainer,
+    MAMLTrainer,
+    PseudoLabelTrainer,
+    maml_meta_loss,
+    project,
+    reconstruction_mse,
+    w_statistics,
+)
+from lagm_ray.trainer import LocalCheckpoints
 
 # Adam at 1e-2 so a few steps visibly lower each loss on the tiny setting
 FAST = {"train.annotator_optim.name": "adam", "train.annotator_optim.lr": 1e-2,

@@ -5,13 +5,18 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import KeepCheckpointAt, lagm_cli
 import torch
+from conftest import KeepCheckpointAt, lagm_cli
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import build_trainer
-from lagm_ray.methods.layermatch import (SemanticProjectionDecoder, encoder_modules, layermatch_losses,
-                                         pick_encoder_map, resynthesize)
+from lagm_ray.methods.layermatch import (
+    SemanticProjectionDecoder,
+    encoder_modules,
+    layermatch_losses,
+    pick_encoder_map,
+    resynthesize,
+)
 from lagm_ray.synthetic import SyntheticSource
 
 DECODER = {"train.method": "layermatch", "layermatch.mode": "decoder", "layermatch.decoder_steps": 3,

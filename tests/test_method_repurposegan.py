@@ -4,13 +4,18 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import lagm_cli
 import torch
 import torch.nn.functional as F
+from conftest import lagm_cli
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import build_trainer
-from lagm_ray.methods.repurposegan import RepurposeGANTrainer, group_feature_index, random_affine, warp
+from lagm_ray.methods.repurposegan import (
+    RepurposeGANTrainer,
+    group_feature_index,
+    random_affine,
+    warp,
+)
 from lagm_ray.sweep_spec import load_sweep
 from lagm_ray.trainer import LocalCheckpoints
 

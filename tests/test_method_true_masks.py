@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lagm_ray.config import ConfigError
 from lagm_ray.data.datasets import resize_labels
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import build_trainer
 from lagm_ray.methods.true_masks import TrueMasksTrainer
 

@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from lagm_ray.metrics import (ConfusionMeter, confusion_matrix, fg_miou, iou_per_class, miou, pixel_accuracy,
-                              summarize)
+from lagm_ray.metrics import (
+    ConfusionMeter,
+    confusion_matrix,
+    fg_miou,
+    iou_per_class,
+    miou,
+    pixel_accuracy,
+    summarize,
+)
 
 # 3x4 masks, 3 classes, one ignored pixel (bottom left).
 TARGET = torch.tensor([[0, 0, 1, 1],

@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -137,8 +136,11 @@ class UI:
 
     def until(self, cond, what: str):
         """Wait up to TIMEOUT for cond(driver) to be truthy; return its value."""
-        from selenium.common.exceptions import (ElementClickInterceptedException,
-                                                StaleElementReferenceException, TimeoutException)
+        from selenium.common.exceptions import (
+            ElementClickInterceptedException,
+            StaleElementReferenceException,
+            TimeoutException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
         # the React/ag-grid UI re-renders freely: a stale or covered element just means "try again"

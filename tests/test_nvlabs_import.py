@@ -15,9 +15,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lagm_ray.io import CheckpointError, sha256_file
-from lagm_ray.models.nvlabs_import import (EasyDict, PersistentRecord, UnsafePickleError, import_generator,
-                                           load_network_pickle)
+from lagm_ray.errors import CheckpointError
+from lagm_ray.models.nvlabs_import import (
+    EasyDict,
+    PersistentRecord,
+    UnsafePickleError,
+    import_generator,
+    load_network_pickle,
+)
+from lagm_ray.storage import sha256_file
 from lagm_ray.synthetic import SyntheticSource, load_generator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nvlabs"

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixtures.make_pinned_metrics import PINNED_RUNS, pinned_metrics
 
 PINNED = json.loads((Path(__file__).parent / "fixtures" / "pinned_metrics.json").read_text())

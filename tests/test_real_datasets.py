@@ -11,10 +11,12 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from lagm_ray.config import ConfigError, DataConfig, load_config
-from lagm_ray.data import cgpart, datasetgan_sets as dg, pascal_part as pp
+from lagm_ray.config import DataConfig, load_config
+from lagm_ray.data import cgpart
+from lagm_ray.data import datasetgan_sets as dg
+from lagm_ray.data import pascal_part as pp
 from lagm_ray.data.datasets import load_labelled_splits, real_dataset_module
-from lagm_ray.data.files import DataError
+from lagm_ray.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------
 # Writers for the on-disk formats

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import load_experiment
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.experiment import SEARCH_SPACES
 from lagm_ray.report import plot_seed_bars, seed_summary, seed_summary_markdown
 from lagm_ray.sweep_spec import load_sweep

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_sweep
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_sweep
 from lagm_ray.distributed.sweep import run_sweep
 from lagm_ray.sweep_spec import load_sweep
 from lagm_ray.trainer import Trainer

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.sweep_spec import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

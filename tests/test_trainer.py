@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lagm_ray.config import ConfigError
+from lagm_ray.errors import ConfigError
 from lagm_ray.trainer import LocalCheckpoints, Trainer
 
 

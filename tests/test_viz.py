@@ -6,8 +6,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lagm_ray.viz import (colorize, confusion_matrix_figure, labelled_grid, line_plot, palette, save_png,
-                          to_uint8_image)
+from lagm_ray.viz import (
+    colorize,
+    confusion_matrix_figure,
+    labelled_grid,
+    line_plot,
+    palette,
+    save_png,
+    to_uint8_image,
+)
 
 
 def test_palette_distinct_and_deterministic():

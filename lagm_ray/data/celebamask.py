@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits, resize_labels
-from .files import DataError, DataReport, image_tensor, read_image, read_label_png
+from .files import DataReport, image_tensor, read_image, read_label_png
 
 CLASS_NAMES = ["background", "ear", "eye", "eyebrow", "skin", "hair", "mouth", "nose"]
 

@@ -33,9 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits
-from .files import DataError, DataReport, check_labels, check_pairs, check_same_size, read_image, read_label_png, to_tensors
+from .files import (
+    DataReport,
+    check_labels,
+    check_pairs,
+    check_same_size,
+    read_image,
+    read_label_png,
+    to_tensors,
+)
 
 CGPART_CAR_PARTS = [
     "background", "back_bumper", "back_left_door", "back_left_wheel", "back_left_window",

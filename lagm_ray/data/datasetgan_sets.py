@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits
-from .files import DataError, DataReport, check_labels, check_pairs, read_image, to_tensors
+from .files import DataReport, check_labels, check_pairs, read_image, to_tensors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_LABEL_PIXELS = 30  # DatasetGAN: "clean up artifacts in the annotation, must do"

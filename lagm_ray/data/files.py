@@ -15,9 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class DataError(ValueError):
-    """A real dataset file is missing, unreadable or inconsistent; the message names the file."""
+from ..errors import DataError
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -45,9 +45,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits
-from .files import DataError, DataReport, check_same_size, image_tensor, read_image, to_tensors
+from .files import DataReport, check_same_size, image_tensor, read_image, to_tensors
 
 NUM_LABELLED = 180  # the reference's train / validation cut of the VOC train crops
 MAX_OVERLAP_IOU = 0.05

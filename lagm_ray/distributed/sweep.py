@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, from_dict
-from ..io import atomic_write_text
+from ..storage import atomic_write_text
 from ..sweep_spec import SweepSpec
 
 STATE_FILE = "lagm_sweep.json"

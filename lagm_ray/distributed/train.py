@@ -29,11 +29,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..callbacks import Callback
 from ..config import Config, from_dict
-from ..io import load_checkpoint, save_checkpoint
-from ..metrics import drop_per_class
 from ..methods import build_trainer
-from ..trainer import Callback, Trainer
+from ..metrics import drop_per_class
+from ..storage import load_checkpoint, save_checkpoint
+from ..trainer import Trainer
 
 LAST = "last.pt"
 

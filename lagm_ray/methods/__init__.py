@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..config import Config, ConfigError
+from ..config import Config
+from ..errors import ConfigError
 
 # method -> "module:Class"
 METHODS: dict[str, str] = {

@@ -23,7 +23,13 @@ from torch import nn
 
 from ..data.datasets import resize_labels
 from .generated_set import LabelThenDistill
-from .pixel_features import ANNOTATED_SEED, annotated_generated, features_at, label_in_chunks, stratified_pixels
+from .pixel_features import (
+    ANNOTATED_SEED,
+    annotated_generated,
+    features_at,
+    label_in_chunks,
+    stratified_pixels,
+)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

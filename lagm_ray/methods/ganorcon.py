@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
 from ..data.datasets import real_dataset_module
+from ..errors import ConfigError
 from ..models.segmentors import ResNet, resnet
 from ..trainer import Trainer
 

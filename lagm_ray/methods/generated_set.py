@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation import feature_select, to_size
+from ..synthetic import feature_select, to_size
 from ..trainer import Trainer
 from .pixel_features import images_from_uint8, images_to_uint8
 

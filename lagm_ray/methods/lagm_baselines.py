@@ -22,8 +22,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import gm
-from ..evaluation import feature_select, to_size
 from ..models.annotator import FPNAnnotator
+from ..synthetic import feature_select, to_size
 from ..trainer import Trainer, make_optimizer
 
 # projector.py (Karras et al. 2020b) schedule constants: lr ramps up over the first 5% of steps and down

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
 from ..data.datasets import resize_labels
-from ..evaluation import annotator_labels, feature_index, to_size
+from ..errors import ConfigError
+from ..evaluation import annotator_labels
 from ..models.generator import SynthesisNetwork, upsample2d
 from ..models.segmentors import DeepLabV3, UNet
+from ..synthetic import feature_index, to_size
 from ..trainer import Trainer, make_optimizer
 
 # ------------------------------------------------------------------------------ mode "decoder"

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..synthetic import SyntheticSource
 
 ANNOTATED_SEED = 31_337  # the "person annotates a few generated images" stream, apart from training's

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
 from ..data.datasets import resize_labels
+from ..errors import ConfigError
 from .generated_set import LabelThenDistill
 from .pixel_features import ANNOTATED_SEED, annotated_generated, label_in_chunks
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..config import ConfigError
 from ..data.datasets import resize_labels
-from ..evaluation import to_size
+from ..errors import ConfigError
+from ..synthetic import to_size
 from ..trainer import Trainer
 
 

@@ -31,7 +31,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..io import CheckpointError, sha256_file
+from ..errors import CheckpointError
+from ..storage import sha256_file
 from .generator import Generator
 
 try:  # numpy >= 2 pickles scalars as numpy._core.multiarray.scalar, numpy 1 as numpy.core.multiarray.scalar

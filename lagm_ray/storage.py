@@ -1,4 +1,4 @@
-"""Atomic file writes, checksums, safe checkpoint loading, RNG state capture/restore, and the code version
+"""Files written whole or not at all, checksums, weights-only checkpoint loading, and the code version
 (here rather than in the MLflow layer because dataset manifests record it too)."""
 
 from __future__ import annotations
@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import random
 import secrets
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
+
+from .errors import CheckpointError
 
 
 @contextlib.contextmanager
@@ -66,10 +66,6 @@ def code_version() -> dict[str, str]:
     return info
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file exists but cannot be (safely) loaded."""
-
-
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -84,35 +80,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
-
-
-def rng_state() -> dict:
-    """All global RNG states, as tensors/ints/floats/strs only so weights_only loading accepts them."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        # MT19937 keys are uint32: int64 holds them without sign trouble.
-        "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-        "python": (int(version), torch.tensor(py_state, dtype=torch.int64), gauss_next),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    version, py_state, gauss_next = state["python"]
-    random.setstate((int(version), tuple(int(x) for x in py_state.tolist()), gauss_next))
-    # A checkpoint from a GPU run may be resumed on CPU (and vice versa): restore CUDA only if both sides have it.
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from lagm_ray.io import (CheckpointError, atomic_path, atomic_write_bytes, atomic_write_text, load_checkpoint,
-                         rng_state, save_checkpoint, seed_everything, set_rng_state)
+from lagm_ray.errors import CheckpointError
+from lagm_ray.seeding import rng_state, seed_everything, set_rng_state
+from lagm_ray.storage import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def test_atomic_write_leaves_only_target(tmp_path):

@@ -1,0 +1,158 @@
+"""What the command line, the quickstart and experiments/ share: train one config, evaluate a checkpoint,
+train a toy generator, generate and log a synthetic dataset. Each builds the callbacks (checkpoints,
+progress bar, MLflow) around a library call; the CLI only parses arguments and prints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from .config import from_dict, load_config, parse_override
+from .datagen import generate_local, sample_grid
+from .generator_training import train_generator
+from .methods import build_trainer
+from .metrics import drop_per_class
+from .progress import ProgressCallback, make_progress
+from .storage import atomic_write_text, load_checkpoint
+from .synthetic import embedded_generator_path
+from .tracking import MLflowCallback, generator_run, log_dataset_run
+from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT, LocalCheckpoints
+
+console = Console()
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: bool = True,
+              description: str | None = None):
+    """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar."""
+    run_dir = run_dir_of(cfg)
+    trainer = build_trainer(cfg)
+    if resume:
+        path = run_dir / "last.pt" if resume == "auto" else Path(resume)
+        if path.exists():
+            trainer.load(path)
+            console.print(f"resumed from {path} at step {trainer.step}")
+        elif resume != "auto":
+            raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+    callbacks = [LocalCheckpoints(run_dir)]
+    if progress:
+        callbacks.append(ProgressCallback(description or cfg.run.name))
+    if track and cfg.tracking.enabled:
+        run_id_file = run_dir / "mlflow_run_id"
+        run_id = run_id_file.read_text().strip() if trainer.step > 0 and run_id_file.exists() else None
+        cb = MLflowCallback(cfg, run_id=run_id)
+        callbacks.append(cb)
+        result = trainer.fit(callbacks)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id_file.write_text(cb.run_id or "")
+    else:
+        result = trainer.fit(callbacks)
+    atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))
+    return result
+
+
+def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
+                        downstream: bool = False) -> dict[str, float]:
+    """Metrics of a ``best.pt`` (best validation step) or ``last.pt`` (resume state) checkpoint.
+
+    The run's own config (stored in the checkpoint) is used unless ``config`` is given; ``overrides``
+    apply on top (e.g. ``eval.downstream_images=2000``)."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    fmt = state.get("format")
+    if fmt not in (BEST_FORMAT, CHECKPOINT_FORMAT):
+        raise ValueError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected best.pt or last.pt")
+    if config is not None:
+        cfg = load_config(config, overrides or [])
+    else:
+        cfg = from_dict(state["config"], source=f"{path} (stored config)")
+        if overrides:
+            cfg = cfg.replace(dict(parse_override(o) for o in overrides), source="--set")
+    trainer = build_trainer(cfg)
+    if fmt == CHECKPOINT_FORMAT:
+        trainer.load_state_dict(state)
+    else:
+        trainer.segmentor.load_state_dict(state["segmentor"])
+        if trainer.annotator is not None and state.get("annotator") is not None:
+            trainer.annotator.load_state_dict(state["annotator"])
+        trainer.step = int(state["step"])
+    trainer.best = {"step": trainer.step, "metric": -1.0, "metrics": {}}  # score these weights, not a stored best
+    metrics, _ = trainer.evaluate(pictures=False)
+    metrics = drop_per_class(metrics)
+    metrics["step"] = float(trainer.step)
+    if downstream:
+        metrics.update(trainer.downstream(use_best=False))
+    return metrics
+
+
+def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> dict[str, float]:
+    """Train a toy generator with a progress bar, logged to MLflow (experiment lagm-generators)."""
+
+    out = out or embedded_generator_path(c.category)
+    run = contextlib.nullcontext()  # yields None: no MLflow
+    if track:
+        run = generator_run(c.__dict__, f"toy-generator-{c.category}-{c.resolution}px")
+    with run as log_metrics, make_progress() as progress:
+        task = progress.add_task(f"generator {c.category}", total=c.steps, info="")
+
+        def on_step(step, m):
+            progress.update(task, completed=step, info=f"L1 {m['loss/distill']:.4f}")
+            if log_metrics is not None and step % 100 == 0:
+                log_metrics(m, step=step)
+
+        metrics = train_generator(c, out, on_step=on_step)
+        if log_metrics is not None:
+            log_metrics(metrics)
+    console.print(f"saved {out}: held-out L1 {metrics['heldout_l1']:.4f}, {metrics['train_seconds']:.0f} s")
+    return metrics
+
+
+def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, concurrency: Optional[int] = None,
+                     cpus_per_actor: float = 1.0, use_gpu: Optional[bool] = None, track: bool = True,
+                     experiment: str = "lagm-datasets") -> dict:
+    """`lagm generate` and experiments/generate_dataset.py: generate (on Ray, or ``local``ly) with a progress
+    bar (images and shards done, images/s), then log the run to MLflow with a sample grid."""
+    from .progress import make_progress
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {message}")
+
+    t0 = time.perf_counter()
+    with make_progress() as progress:
+        task = progress.add_task(f"generate {out.name}", total=spec.num_images, info="")
+
+        def on_shard(plan, entry) -> None:
+            new = sum(len(plan.spec.shard_seeds(i)) for i in plan.written)
+            shards = len(plan.done) + len(plan.written)
+            filtered = sum(e["filtered"] for e in plan.written.values())
+            progress.update(task, completed=plan.images_done,
+                            info=f"shards {shards}/{plan.spec.num_shards}  {new / (time.perf_counter() - t0):.1f} img/s"
+                                 + (f"  filtered {filtered}" if filtered else ""))
+
+        if local:
+            manifest = generate_local(annotator, out, spec, on_shard=on_shard, warn=warn)
+        else:
+            from .distributed.datagen import (
+                generate_dataset,  # imports Ray: only generation on a cluster needs it
+            )
+
+            manifest = generate_dataset(annotator, out, spec, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
+                                        use_gpu=use_gpu, on_shard=on_shard, warn=warn)
+        progress.update(task, completed=spec.num_images)
+    last = manifest["last_run"]
+    rate = f", {last['images_per_s']:.1f} images/s" if last.get("images_per_s") else ""
+    console.print(f"{out}: {manifest['rows']} rows in {manifest['num_shards']} shards "
+                  f"({manifest['filter']['filtered']} filtered; {last['shards_written']} shards written now, "
+                  f"{last['shards_reused']} kept{rate})")
+    if track:
+        run_id = log_dataset_run(manifest, out, sample_grid(out), experiment=experiment)
+        console.print(f"MLflow run {run_id} (experiment {experiment})")
+    return manifest
