@@ -16,7 +16,12 @@ from torch import nn
 
 
 class FPNAnnotator(nn.Module):
-    def __init__(self, feature_channels: Sequence[int], num_classes: int, width: int = 128):
+    def __init__(self,
+        feature_channels: Sequence[int],    # Channels of each input feature map, coarse to fine (one lateral conv
+                                            # each): Generator.feature_channels(), or the blocks fed.
+        num_classes: int,                   # Number of part classes (output logit channels).
+        width: int = 128,                   # Channels of the lateral convs, the top-down path and the head.
+    ):
         super().__init__()
         self.feature_channels = list(feature_channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in self.feature_channels)
