@@ -18,12 +18,42 @@ Differences from NVlabs, none of which changes a name or a result in float32:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# ----------------------------------------------------------------------------- checks
+
+
+def assert_shape(x: Any, ref_shape: Sequence[int | str], net: str, arg: str) -> None:
+    """NVlabs' ``misc.assert_shape``, raising ValueError (``assert`` vanishes under ``python -O``).
+
+    ``x`` must be a tensor with ``len(ref_shape)`` dimensions; an int entry must equal that size, a str
+    entry (``"N"``, ``"H"``) accepts any size and names it in the message, e.g.
+    ``FPNAnnotator: features[2] must be [N, 64, H, W], got [4, 32, 16, 16]``. Reads ``x.shape`` only
+    (Python ints): no host sync, no autograd node, transparent to ``torch.func.functional_call``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{net}: {arg} must be a tensor [{_shape_str(ref_shape)}], got {type(x).__name__}")
+    if x.ndim != len(ref_shape) or any(isinstance(r, int) and s != r for s, r in zip(x.shape, ref_shape)):
+        raise ValueError(f"{net}: {arg} must be [{_shape_str(ref_shape)}], got [{_shape_str(x.shape)}]")
+
+
+def _shape_str(shape: Sequence[int | str]) -> str:
+    return ", ".join(str(d) for d in shape)
+
+
+def _check_latents(net: str, z: Any, c: Any, z_dim: int, c_dim: int) -> None:
+    """z [N, z_dim] (may be None when z_dim = 0); c [N, c_dim], or None when c_dim = 0."""
+    if z is not None or z_dim > 0:
+        assert_shape(z, ["N", z_dim], net, "z")
+    if c is not None or c_dim > 0:
+        assert_shape(c, ["N" if z is None else z.shape[0], c_dim], net, "c")
+
 
 # ----------------------------------------------------------------------------------- ops
 
@@ -171,6 +201,8 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 skip_w_avg_update: bool = False) -> torch.Tensor:
+        """z [N, z_dim], c [N, c_dim] (None when c_dim = 0) -> ws [N, num_ws, w_dim]."""
+        _check_latents("MappingNetwork", z, c, self.z_dim, self.c_dim)
         x = None
         if self.z_dim > 0:
             x = normalize_2nd_moment(z.float())
@@ -340,7 +372,8 @@ class SynthesisNetwork(nn.Module):
 
     def run_blocks(self, ws: torch.Tensor, noise_mode: str = "random", resolution: int | None = None):
         """Every block's output x and its running skip image (the image so far, at that resolution),
-        up to the block at ``resolution`` (default: all of them)."""
+        up to the block at ``resolution`` (default: all of them). ws: [N, num_ws, w_dim]."""
+        assert_shape(ws, ["N", self.num_ws, self.w_dim], "SynthesisNetwork", "ws")
         resolution = resolution or self.img_resolution
         if resolution not in self.block_resolutions:
             raise ValueError(f"resolution {resolution} is not a synthesis block's; blocks: {self.block_resolutions}")
@@ -398,5 +431,8 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "random", return_features: bool = False,
                 resolution: int | None = None):
+        """z [N, z_dim], c [N, c_dim] (None when c_dim = 0) -> image [N, img_channels, R, R] (and the block
+        outputs, coarse to fine); R = img_resolution, or ``resolution``."""
+        _check_latents("Generator", z, c, self.z_dim, self.c_dim)
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, return_features=return_features, resolution=resolution)

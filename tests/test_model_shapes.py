@@ -1,0 +1,86 @@
+"""Shape checks at the entry of the networks' forward: a wrong input raises ValueError naming the network
+and the argument (and the expected and actual shapes); a right input passes. Tiny widths: fast."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from lagm_ray.models.generator import Generator, assert_shape
+
+Z, W = 8, 16
+
+
+@pytest.fixture(scope="module")
+def G() -> Generator:
+    torch.manual_seed(0)
+    return Generator(z_dim=Z, c_dim=0, w_dim=W, img_resolution=8, mapping_kwargs=dict(num_layers=1),
+                     channel_base=64, channel_max=8).eval()
+
+
+@pytest.fixture(scope="module")
+def G_cond() -> Generator:
+    torch.manual_seed(0)
+    return Generator(z_dim=Z, c_dim=3, w_dim=W, img_resolution=8, mapping_kwargs=dict(num_layers=1),
+                     channel_base=64, channel_max=8).eval()
+
+
+def raises(net: str, arg: str, got: str | None = None):
+    """ValueError whose message starts with "<net>: <arg> " (and shows the actual shape ``got``)."""
+    pattern = rf"^{re.escape(net)}: {re.escape(arg)} must be "
+    if got is not None:
+        pattern += rf".*got {re.escape(got)}$"
+    return pytest.raises(ValueError, match=pattern)
+
+
+# ------------------------------------------------------------------------------------- helper
+
+
+def test_assert_shape_message_names_network_argument_expected_and_actual():
+    x = torch.zeros(4, 32, 16, 16)
+    with pytest.raises(ValueError) as e:
+        assert_shape(x, ["N", 64, 16, 16], "FPNAnnotator", "features[2]")
+    assert str(e.value) == "FPNAnnotator: features[2] must be [N, 64, 16, 16], got [4, 32, 16, 16]"
+    with pytest.raises(ValueError, match=r"^Net: x must be a tensor \[N, 3\], got list$"):
+        assert_shape([1, 2, 3], ["N", 3], "Net", "x")
+    assert_shape(x, ["N", 32, "H", "W"], "Net", "x")  # str entries accept any size
+
+
+# ---------------------------------------------------------------------------------- generator
+
+
+def test_generator_accepts_right_inputs(G, G_cond):
+    z = torch.randn(2, Z)
+    assert G(z, None, noise_mode="const").shape == (2, 3, 8, 8)
+    assert G(z, torch.zeros(2, 0), noise_mode="const").shape == (2, 3, 8, 8)  # NVlabs' c for c_dim = 0
+    assert G_cond(z, torch.randn(2, 3), noise_mode="const").shape == (2, 3, 8, 8)
+    assert G.mapping(z, None).shape == (2, G.num_ws, W)
+    assert G.synthesis(torch.randn(2, G.num_ws, W), noise_mode="const").shape == (2, 3, 8, 8)
+
+
+def test_generator_rejects_wrong_latents(G, G_cond):
+    with raises("Generator", "z", "[2, 9]"):
+        G(torch.randn(2, Z + 1))
+    with raises("Generator", "z", "[8]"):
+        G(torch.randn(Z))  # one latent without its batch dimension
+    with raises("Generator", "z", "NoneType"):
+        G(None)
+    with raises("Generator", "c", "[2, 2]"):
+        G(torch.randn(2, Z), torch.randn(2, 2))  # a label for an unconditional generator
+    with raises("Generator", "c", "NoneType"):
+        G_cond(torch.randn(2, Z), None)
+    with raises("Generator", "c", "[3, 3]"):
+        G_cond(torch.randn(2, Z), torch.randn(3, 3))  # batch disagrees with z's
+
+
+def test_mapping_and_synthesis_reject_wrong_inputs(G):
+    with raises("MappingNetwork", "z", "[2, 8, 1]"):
+        G.mapping(torch.randn(2, Z, 1), None)
+    with raises("SynthesisNetwork", "ws", f"[2, {G.num_ws - 1}, {W}]"):
+        G.synthesis(torch.randn(2, G.num_ws - 1, W))
+    with raises("SynthesisNetwork", "ws", f"[2, {W}]"):
+        G.synthesis(torch.randn(2, W))  # w, not ws
+    with raises("SynthesisNetwork", "ws", f"[2, {G.num_ws}, {W + 1}]"):
+        G.synthesis.run_blocks(torch.randn(2, G.num_ws, W + 1))
