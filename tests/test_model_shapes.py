@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from lagm_ray.models.annotator import FPNAnnotator
 from lagm_ray.models.generator import Generator, assert_shape
 
 Z, W = 8, 16
@@ -84,3 +85,40 @@ def test_mapping_and_synthesis_reject_wrong_inputs(G):
         G.synthesis(torch.randn(2, W))  # w, not ws
     with raises("SynthesisNetwork", "ws", f"[2, {G.num_ws}, {W + 1}]"):
         G.synthesis.run_blocks(torch.randn(2, G.num_ws, W + 1))
+
+
+# ---------------------------------------------------------------------------------- annotator
+
+
+@pytest.fixture(scope="module")
+def A() -> FPNAnnotator:
+    torch.manual_seed(0)
+    return FPNAnnotator([8, 6, 4], num_classes=3, width=4).eval()
+
+
+def fpn_features(n: int = 2, channels=(8, 6, 4), sizes=(4, 8, 16)) -> list[torch.Tensor]:
+    return [torch.randn(n, c, s, s) for c, s in zip(channels, sizes)]
+
+
+def test_annotator_accepts_right_features(A):
+    assert A(fpn_features()).shape == (2, 3, 16, 16)
+    assert A(tuple(fpn_features(sizes=(4, 4, 8)))).shape == (2, 3, 8, 8)  # equal sizes are fine
+
+
+def test_annotator_rejects_wrong_features(A):
+    f = fpn_features()
+    with raises("FPNAnnotator", "features", "2"):
+        A(f[:2])  # wrong number of feature maps
+    with raises("FPNAnnotator", "features", "a tensor [2, 8, 4, 4]"):
+        A(f[0])
+    with raises("FPNAnnotator", "features[2]", "[2, 5, 16, 16]"):
+        A([f[0], f[1], torch.randn(2, 5, 16, 16)])  # wrong channels
+    with raises("FPNAnnotator", "features[0]", "[8, 4, 4]"):
+        A([f[0][0], f[1], f[2]])  # wrong rank
+    with raises("FPNAnnotator", "features[1]", "[3, 6, 8, 8]"):
+        A([f[0], torch.randn(3, 6, 8, 8), f[2]])  # batch disagrees with features[0]'s
+    with raises("FPNAnnotator", "features[2]", "[4, 4] after [8, 8]"):
+        A([f[0], f[1], torch.randn(2, 4, 4, 4)])  # fine to coarse
+    with raises("FPNAnnotator", "features[1]", "NoneType"):
+        A([f[0], None, f[2]])
+
