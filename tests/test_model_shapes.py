@@ -7,9 +7,12 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from lagm_ray.models.annotator import FPNAnnotator
 from lagm_ray.models.generator import Generator, assert_shape
+from lagm_ray.models.segmentors import build_segmentor, resnet
 
 Z, W = 8, 16
 
@@ -122,3 +125,67 @@ def test_annotator_rejects_wrong_features(A):
     with raises("FPNAnnotator", "features[1]", "NoneType"):
         A([f[0], None, f[2]])
 
+
+# --------------------------------------------------------------------------------- segmentors
+
+
+@pytest.fixture(scope="module")
+def segmentors() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {"UNet": build_segmentor("unet", 3, width=2).eval(),
+            "DeepLabV3": build_segmentor("deeplabv3_resnet18", 3, width=2, aspp_channels=4, aux_loss=True).eval(),
+            "ResNet": resnet(18, num_classes=None, width=2).eval()}
+
+
+def test_segmentors_accept_right_images(segmentors):
+    x = torch.randn(2, 3, 16, 17)
+    assert segmentors["UNet"](x).shape == (2, 3, 16, 17)
+    assert build_segmentor("unet", 3, width=2, in_channels=1).eval()(x[:, :1]).shape == (2, 3, 16, 17)
+    assert segmentors["DeepLabV3"](x).shape == (2, 3, 16, 17)
+    assert segmentors["DeepLabV3"].forward_with_aux(x)[1].shape == (2, 3, 16, 17)
+    assert segmentors["ResNet"](x).shape[:2] == (2, 16)
+    assert resnet(18, num_classes=5, width=2).eval()(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("net", ["UNet", "DeepLabV3", "ResNet"])
+def test_segmentors_reject_wrong_images(segmentors, net):
+    model = segmentors[net]
+    with raises(net, "x", "[2, 1, 16, 16]"):
+        model(torch.randn(2, 1, 16, 16))  # wrong channels
+    with raises(net, "x", "[3, 16, 16]"):
+        model(torch.randn(3, 16, 16))  # one image without its batch dimension
+    with raises(net, "x", "[2, 3, 16, 16, 1]"):
+        model(torch.randn(2, 3, 16, 16, 1))
+    if net == "DeepLabV3":
+        with raises(net, "x", "[2, 4, 16, 16]"):
+            model.forward_with_aux(torch.randn(2, 4, 16, 16))
+    if net == "ResNet":
+        with raises(net, "x", "[2, 4, 16, 16]"):
+            model.features(torch.randn(2, 4, 16, 16))
+
+
+def test_unet_rejects_images_smaller_than_its_four_poolings(segmentors):
+    with pytest.raises(ValueError, match=r"^UNet: x must be at least 16 x 16 .*got \[2, 3, 16, 15\]$"):
+        segmentors["UNet"](torch.randn(2, 3, 16, 15))
+
+
+# ------------------------------------------- the checks under functional_call and double backward
+
+
+def test_checks_pass_under_functional_call_and_double_backward(G, segmentors):
+    """As gradient matching and MAML use the networks: parameters swapped in by functional_call, a graph
+    through the gradient (create_graph) and a second backward to the annotator."""
+    S = segmentors["UNet"]
+    A = FPNAnnotator(G.feature_channels(), num_classes=3, width=4).eval()
+    names = [n for n, _ in S.named_parameters()]
+    theta = [p.detach().clone().requires_grad_(True) for _, p in S.named_parameters()]
+    with torch.no_grad():
+        images, features = G(torch.randn(2, Z), None, noise_mode="const", return_features=True)
+    targets = functional_call(A, dict(A.named_parameters()), (features,)).softmax(1)
+    logits = functional_call(S, dict(zip(names, theta)), (F.interpolate(images, size=16),))
+    loss = -(F.interpolate(targets, size=16) * logits.log_softmax(1)).sum(1).mean()
+    grads = torch.autograd.grad(loss, theta, create_graph=True)
+    sum(g.square().sum() for g in grads).backward()
+    assert all(p.grad is not None for p in A.parameters() if p.requires_grad)
+    with raises("UNet", "x", "[2, 1, 8, 8]"):
+        functional_call(S, dict(zip(names, theta)), (torch.randn(2, 1, 8, 8),))

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generator import assert_shape
+
 __all__ = [
     "SEGMENTOR_KINDS",
     "UnknownBlockError",
@@ -206,7 +208,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of layer1..layer4."""
+        """Outputs of layer1..layer4 for images x [N, 3, H, W]."""
+        assert_shape(x, ["N", self.conv1.in_channels, "H", "W"], "ResNet", "x")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
@@ -358,6 +361,8 @@ class DeepLabV3(nn.Module):
         self.register_buffer("_in_shift", (0.5 - mean) / std, persistent=False)
 
     def _logits(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images x [N, 3, H, W] -> logits [N, num_classes, H, W] (and the auxiliary ones, or None)."""
+        assert_shape(x, ["N", self.backbone.conv1.in_channels, "H", "W"], "DeepLabV3", "x")
         size = x.shape[-2:]
         if self.normalize_input:
             x = x * self._in_scale + self._in_shift
@@ -494,6 +499,10 @@ class UNet(nn.Module):
         self.outc = OutConv(w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images x [N, in_channels, H, W], H and W >= 16 (four 2x2 max-pools) -> logits [N, num_classes, H, W]."""
+        assert_shape(x, ["N", self.inc.double_conv[0].in_channels, "H", "W"], "UNet", "x")
+        if x.shape[-2] < 16 or x.shape[-1] < 16:
+            raise ValueError(f"UNet: x must be at least 16 x 16 pixels (four 2x2 max-pools), got {list(x.shape)}")
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
