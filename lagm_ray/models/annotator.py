@@ -14,9 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generator import assert_shape
+
 
 class FPNAnnotator(nn.Module):
-    def __init__(self, feature_channels: Sequence[int], num_classes: int, width: int = 128):
+    def __init__(self,
+        feature_channels: Sequence[int],    # Channels of each input feature map, coarse to fine (one lateral conv
+                                            # each): Generator.feature_channels(), or the blocks fed.
+        num_classes: int,                   # Number of part classes (output logit channels).
+        width: int = 128,                   # Channels of the lateral convs, the top-down path and the head.
+    ):
         super().__init__()
         self.feature_channels = list(feature_channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in self.feature_channels)
@@ -31,9 +38,19 @@ class FPNAnnotator(nn.Module):
         )
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """features: block outputs coarse to fine (as the generator returns them) -> logits."""
-        if len(features) != len(self.lateral):
-            raise ValueError(f"annotator expects {len(self.lateral)} feature maps, got {len(features)}")
+        """features: block outputs coarse to fine (as the generator returns them), features[i] of shape
+        [N, feature_channels[i], H_i, W_i] with H_i, W_i not decreasing -> logits [N, num_classes, H_L, W_L]."""
+        net, channels = "FPNAnnotator", self.feature_channels
+        if isinstance(features, torch.Tensor) or len(features) != len(channels):
+            got = f"a tensor {list(features.shape)}" if isinstance(features, torch.Tensor) else len(features)
+            raise ValueError(f"{net}: features must be a list of {len(channels)} feature maps [N, C, H, W], "
+                             f"C = {channels} (coarse to fine), got {got}")
+        for i, c in enumerate(channels):  # batch: features[0]'s
+            assert_shape(features[i], ["N" if i == 0 else features[0].shape[0], c, "H", "W"], net, f"features[{i}]")
+        for i in range(1, len(channels)):
+            if any(a < b for a, b in zip(features[i].shape[-2:], features[i - 1].shape[-2:])):
+                raise ValueError(f"{net}: features[{i}] must be at least as large as features[{i - 1}] (coarse to "
+                                 f"fine), got {list(features[i].shape[-2:])} after {list(features[i - 1].shape[-2:])}")
         x = self.lateral[0](features[0].float())
         for lateral, feat in zip(self.lateral[1:], features[1:]):
             x = F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False)

@@ -18,12 +18,42 @@ Differences from NVlabs, none of which changes a name or a result in float32:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# ----------------------------------------------------------------------------- checks
+
+
+def assert_shape(x: Any, ref_shape: Sequence[int | str], net: str, arg: str) -> None:
+    """NVlabs' ``misc.assert_shape``, raising ValueError (``assert`` vanishes under ``python -O``).
+
+    ``x`` must be a tensor with ``len(ref_shape)`` dimensions; an int entry must equal that size, a str
+    entry (``"N"``, ``"H"``) accepts any size and names it in the message, e.g.
+    ``FPNAnnotator: features[2] must be [N, 64, H, W], got [4, 32, 16, 16]``. Reads ``x.shape`` only
+    (Python ints): no host sync, no autograd node, transparent to ``torch.func.functional_call``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{net}: {arg} must be a tensor [{_shape_str(ref_shape)}], got {type(x).__name__}")
+    if x.ndim != len(ref_shape) or any(isinstance(r, int) and s != r for s, r in zip(x.shape, ref_shape)):
+        raise ValueError(f"{net}: {arg} must be [{_shape_str(ref_shape)}], got [{_shape_str(x.shape)}]")
+
+
+def _shape_str(shape: Sequence[int | str]) -> str:
+    return ", ".join(str(d) for d in shape)
+
+
+def _check_latents(net: str, z: Any, c: Any, z_dim: int, c_dim: int) -> None:
+    """z [N, z_dim] (may be None when z_dim = 0); c [N, c_dim], or None when c_dim = 0."""
+    if z is not None or z_dim > 0:
+        assert_shape(z, ["N", z_dim], net, "z")
+    if c is not None or c_dim > 0:
+        assert_shape(c, ["N" if z is None else z.shape[0], c_dim], net, "c")
+
 
 # ----------------------------------------------------------------------------------- ops
 
@@ -118,8 +148,14 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 class FullyConnectedLayer(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+    def __init__(self,
+        in_features: int,               # Number of input features (x is [N, in_features]).
+        out_features: int,              # Number of output features.
+        bias: bool = True,              # Apply additive bias before the activation function?
+        activation: str = "linear",     # Activation function: 'linear' or 'lrelu'.
+        lr_multiplier: float = 1.0,     # Learning rate multiplier (equalized lr: weight stored divided by it).
+        bias_init: float = 0.0,         # Initial value for the additive bias.
+    ):
         super().__init__()
         self.activation = activation
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -136,9 +172,19 @@ class FullyConnectedLayer(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
-                 embed_features: int | None = None, layer_features: int | None = None, activation: str = "lrelu",
-                 lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.995):
+    def __init__(self,
+        z_dim: int,                         # Input latent (Z) dimensionality, 0 = no latent.
+        c_dim: int,                         # Conditioning label (C) dimensionality, 0 = no label.
+        w_dim: int,                         # Intermediate latent (W) dimensionality.
+        num_ws: int,                        # Number of copies of w to output: forward gives [N, num_ws, w_dim].
+        num_layers: int = 8,                # Number of mapping layers.
+        embed_features: int | None = None,  # Label embedding dimensionality, None = same as w_dim.
+        layer_features: int | None = None,  # Number of features in the hidden mapping layers, None = w_dim.
+        activation: str = "lrelu",          # Activation function of the mapping layers: 'lrelu' or 'linear'.
+        lr_multiplier: float = 0.01,        # Learning rate multiplier for the mapping layers.
+        w_avg_beta: float | None = 0.995,   # Decay of the moving average of W (buffer w_avg, the truncation
+                                            # centre) tracked in training mode, None = do not track.
+    ):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, num_layers
         self.w_avg_beta = w_avg_beta
@@ -155,6 +201,8 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 skip_w_avg_update: bool = False) -> torch.Tensor:
+        """z [N, z_dim], c [N, c_dim] (None when c_dim = 0) -> ws [N, num_ws, w_dim]."""
+        _check_latents("MappingNetwork", z, c, self.z_dim, self.c_dim)
         x = None
         if self.z_dim > 0:
             x = normalize_2nd_moment(z.float())
@@ -176,9 +224,18 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisLayer(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
-                 up: int = 1, use_noise: bool = True, activation: str = "lrelu", resample_filter=(1, 3, 3, 1),
-                 conv_clamp: float | None = None):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels.
+        out_channels: int,                  # Number of output channels.
+        w_dim: int,                         # Intermediate latent (W) dimensionality.
+        resolution: int,                    # Resolution of this layer's output, pixels per side (noise_const size).
+        kernel_size: int = 3,               # Convolution kernel size.
+        up: int = 1,                        # Integer upsampling factor (2 for a block's conv0, else 1).
+        use_noise: bool = True,             # Enable noise input (buffer noise_const, parameter noise_strength)?
+        activation: str = "lrelu",          # Activation function: 'lrelu' or 'linear'.
+        resample_filter=(1, 3, 3, 1),       # Low-pass filter taps (1-D, applied separably) used when upsampling.
+        conv_clamp: float | None = None,    # Clamp the output of the convolution to +-X, None = disable clamping.
+    ):
         super().__init__()
         self.resolution, self.up, self.use_noise, self.activation = resolution, up, use_noise, activation
         self.conv_clamp = conv_clamp
@@ -208,8 +265,13 @@ class SynthesisLayer(nn.Module):
 
 
 class ToRGBLayer(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
-                 conv_clamp: float | None = None):
+    def __init__(self,
+        in_channels: int,                   # Number of input (feature) channels.
+        out_channels: int,                  # Number of output color channels.
+        w_dim: int,                         # Intermediate latent (W) dimensionality.
+        kernel_size: int = 1,               # Convolution kernel size.
+        conv_clamp: float | None = None,    # Clamp the output to +-X, None = disable clamping.
+    ):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
@@ -226,9 +288,20 @@ class ToRGBLayer(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution: (upsampling conv0), conv1, toRGB added to the upsampled skip image."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1),
-                 conv_clamp: float | None = None, input_mode: str = "const", **layer_kwargs: Any):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels, 0 = first block.
+        out_channels: int,                  # Number of output channels.
+        w_dim: int,                         # Intermediate latent (W) dimensionality.
+        resolution: int,                    # Resolution of this block's output, pixels per side.
+        img_channels: int,                  # Number of output color channels.
+        is_last: bool,                      # Is this the last block? (Stored only: 'skip' has a toRGB per block.)
+        architecture: str = "skip",         # Architecture: only 'skip' (StyleGAN2 config-f) is supported.
+        resample_filter=(1, 3, 3, 1),       # Low-pass filter taps used when upsampling activations and the image.
+        conv_clamp: float | None = None,    # Clamp the output of convolution layers to +-X, None = disable clamping.
+        input_mode: str = "const",          # First block's input: 'const' (NVlabs' learned [C, r, r] constant) or
+                                            # 'w' (a linear map from w; not in NVlabs).
+        **layer_kwargs: Any,                # Arguments for SynthesisLayer.
+    ):
         super().__init__()
         if architecture != "skip":
             raise ValueError(f"only the 'skip' architecture (StyleGAN2 config-f) is supported, got {architecture!r}")
@@ -271,8 +344,15 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
-                 channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs: Any):
+    def __init__(self,
+        w_dim: int,                         # Intermediate latent (W) dimensionality.
+        img_resolution: int,                # Output image resolution, pixels per side (a power of two >= 4).
+        img_channels: int,                  # Number of color channels.
+        channel_base: int = 32768,          # Overall multiplier for the number of channels (channel_base // res).
+        channel_max: int = 512,             # Maximum number of channels in any layer.
+        num_fp16_res: int = 0,              # NVlabs' FP16 option; accepted and ignored (every layer is float32).
+        **block_kwargs: Any,                # Arguments for SynthesisBlock.
+    ):
         super().__init__()
         log2 = int(np.log2(img_resolution))
         if img_resolution < 4 or 2 ** log2 != img_resolution:
@@ -292,7 +372,8 @@ class SynthesisNetwork(nn.Module):
 
     def run_blocks(self, ws: torch.Tensor, noise_mode: str = "random", resolution: int | None = None):
         """Every block's output x and its running skip image (the image so far, at that resolution),
-        up to the block at ``resolution`` (default: all of them)."""
+        up to the block at ``resolution`` (default: all of them). ws: [N, num_ws, w_dim]."""
+        assert_shape(ws, ["N", self.num_ws, self.w_dim], "SynthesisNetwork", "ws")
         resolution = resolution or self.img_resolution
         if resolution not in self.block_resolutions:
             raise ValueError(f"resolution {resolution} is not a synthesis block's; blocks: {self.block_resolutions}")
@@ -321,8 +402,15 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     """z -> w (mapping) -> image (synthesis). ``forward(z, c, ...)`` as NVlabs' G / G_ema."""
 
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int = 3,
-                 mapping_kwargs: dict | None = None, **synthesis_kwargs: Any):
+    def __init__(self,
+        z_dim: int,                         # Input latent (Z) dimensionality.
+        c_dim: int,                         # Conditioning label (C) dimensionality, 0 = unconditional.
+        w_dim: int,                         # Intermediate latent (W) dimensionality.
+        img_resolution: int,                # Output resolution, pixels per side.
+        img_channels: int = 3,              # Number of output color channels.
+        mapping_kwargs: dict | None = None, # Arguments for MappingNetwork.
+        **synthesis_kwargs: Any,            # Arguments for SynthesisNetwork.
+    ):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
@@ -343,5 +431,8 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "random", return_features: bool = False,
                 resolution: int | None = None):
+        """z [N, z_dim], c [N, c_dim] (None when c_dim = 0) -> image [N, img_channels, R, R] (and the block
+        outputs, coarse to fine); R = img_resolution, or ``resolution``."""
+        _check_latents("Generator", z, c, self.z_dim, self.c_dim)
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, return_features=return_features, resolution=resolution)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generator import assert_shape
+
 __all__ = [
     "SEGMENTOR_KINDS",
     "UnknownBlockError",
@@ -74,8 +76,13 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 dilation: int = 1):
+    def __init__(self,
+        inplanes: int,                      # Number of input channels.
+        planes: int,                        # Channels of the inner convs; output channels: planes * 1 (expansion).
+        stride: int = 1,                    # Stride of the 3x3 conv1 (downsample must match it).
+        downsample: nn.Module | None = None,  # Input -> residual of the output's shape, None = identity.
+        dilation: int = 1,                  # Dilation (and padding) of the 3x3 convs.
+    ):
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride, dilation)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -97,8 +104,13 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 dilation: int = 1):
+    def __init__(self,
+        inplanes: int,                      # Number of input channels.
+        planes: int,                        # Channels of the inner convs; output channels: planes * 4 (expansion).
+        stride: int = 1,                    # Stride of the 3x3 conv2 (downsample must match it).
+        downsample: nn.Module | None = None,  # Input -> residual of the output's shape, None = identity.
+        dilation: int = 1,                  # Dilation (and padding) of the 3x3 conv.
+    ):
         super().__init__()
         self.conv1 = _conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -133,9 +145,15 @@ class ResNet(nn.Module):
     ``replace_stride_with_dilation`` works as in torchvision (layer2, layer3, layer4).
     """
 
-    def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int | None = 1000,
-                 width: int = 64, replace_stride_with_dilation: Sequence[bool] | None = None,
-                 zero_init_residual: bool = False):
+    def __init__(self,
+        block: type[nn.Module],             # Residual block: BasicBlock (ResNet-18/34) or Bottleneck (50/101).
+        layers: Sequence[int],              # Number of blocks in layer1..layer4.
+        num_classes: int | None = 1000,     # Outputs of the classifier (fc), None = trunk only (no avgpool/fc).
+        width: int = 64,                    # Channels of conv1; layer k has width * 2**(k-1) planes (torchvision: 64).
+        replace_stride_with_dilation: Sequence[bool] | None = None,  # For layer2..layer4: dilate instead of
+                                            # striding? None = (False, False, False).
+        zero_init_residual: bool = False,   # Initialise each block's last BN weight to 0 (block starts as identity)?
+    ):
         super().__init__()
         if width < 1:
             raise ValueError(f"ResNet width must be >= 1, got {width}")
@@ -190,7 +208,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of layer1..layer4."""
+        """Outputs of layer1..layer4 for images x [N, 3, H, W]."""
+        assert_shape(x, ["N", self.conv1.in_channels, "H", "W"], "ResNet", "x")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
@@ -217,7 +236,10 @@ def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, **kwargs
 
 
 class ASPPPooling(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels.
+        out_channels: int,                  # Number of output channels (the pooled vector, broadcast to H x W).
+    ):
         super().__init__(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
@@ -241,7 +263,11 @@ def _aspp_conv(in_channels: int, out_channels: int, dilation: int) -> nn.Sequent
 
 
 class ASPP(nn.Module):
-    def __init__(self, in_channels: int, atrous_rates: Sequence[int], out_channels: int = 256):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels.
+        atrous_rates: Sequence[int],        # Dilation of each 3x3 branch (DeepLabV3: 12, 24, 36).
+        out_channels: int = 256,            # Channels of every branch and of the projection.
+    ):
         super().__init__()
         branches: list[nn.Module] = [
             nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
@@ -261,7 +287,11 @@ class ASPP(nn.Module):
 
 
 class DeepLabHead(nn.Sequential):
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256):
+    def __init__(self,
+        in_channels: int,                   # Channels of the backbone features (layer4's output).
+        num_classes: int,                   # Number of classes (output logit channels).
+        channels: int = 256,                # Channels of the ASPP and of the 3x3 conv after it.
+    ):
         super().__init__(
             ASPP(in_channels, [12, 24, 36], channels),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
@@ -274,7 +304,10 @@ class DeepLabHead(nn.Sequential):
 class FCNHead(nn.Sequential):
     """torchvision's FCNHead, used as DeepLabV3's auxiliary classifier on layer3."""
 
-    def __init__(self, in_channels: int, num_classes: int):
+    def __init__(self,
+        in_channels: int,                   # Channels of the input features (layer3's output); inner: 1/4 of it.
+        num_classes: int,                   # Number of classes (output logit channels).
+    ):
         inter = in_channels // 4
         super().__init__(
             nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
@@ -303,8 +336,14 @@ class DeepLabV3(nn.Module):
         "All": (r".*",),
     }
 
-    def __init__(self, depth: int, num_classes: int, width: int = 64, aspp_channels: int | None = None,
-                 aux_loss: bool = False, normalize_input: bool = True):
+    def __init__(self,
+        depth: int,                         # Backbone ResNet depth: 18, 34, 50 or 101.
+        num_classes: int,                   # Number of classes (output logit channels).
+        width: int = 64,                    # Backbone base width (torchvision: 64); every channel count scales.
+        aspp_channels: int | None = None,   # Channels of the ASPP and head, None = 4 * width (256 at width 64).
+        aux_loss: bool = False,             # Build the FCN auxiliary classifier on layer3 (forward_with_aux)?
+        normalize_input: bool = True,       # Map [-1, 1] images to ImageNet mean/std inside forward?
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -322,6 +361,8 @@ class DeepLabV3(nn.Module):
         self.register_buffer("_in_shift", (0.5 - mean) / std, persistent=False)
 
     def _logits(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images x [N, 3, H, W] -> logits [N, num_classes, H, W] (and the auxiliary ones, or None)."""
+        assert_shape(x, ["N", self.backbone.conv1.in_channels, "H", "W"], "DeepLabV3", "x")
         size = x.shape[-2:]
         if self.normalize_input:
             x = x * self._in_scale + self._in_shift
@@ -345,7 +386,11 @@ class DeepLabV3(nn.Module):
 class DoubleConv(nn.Module):
     """(conv 3x3 => BN => ReLU) * 2"""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels.
+        out_channels: int,                  # Number of output channels.
+        mid_channels: int | None = None,    # Channels between the two convs, None = out_channels.
+    ):
         super().__init__()
         mid = mid_channels or out_channels
         self.double_conv = nn.Sequential(
@@ -362,7 +407,10 @@ class DoubleConv(nn.Module):
 
 
 class Down(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels (halved spatially by a 2x2 max-pool).
+        out_channels: int,                  # Number of output channels.
+    ):
         super().__init__()
         self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
 
@@ -373,7 +421,11 @@ class Down(nn.Module):
 class Up(nn.Module):
     """Upsample x1, pad it to x2's size (odd sizes), concatenate [x2, x1], double conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, bilinear: bool = True):
+    def __init__(self,
+        in_channels: int,                   # Channels of the concatenation [x2, upsampled x1].
+        out_channels: int,                  # Number of output channels.
+        bilinear: bool = True,              # Upsample x1 bilinearly (True) or by a 2x2 transposed conv (False)?
+    ):
         super().__init__()
         if bilinear:
             self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
@@ -391,7 +443,10 @@ class Up(nn.Module):
 
 
 class OutConv(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self,
+        in_channels: int,                   # Number of input channels.
+        out_channels: int,                  # Number of classes (output logit channels).
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
@@ -417,7 +472,13 @@ class UNet(nn.Module):
         "All": (r".*",),
     }
 
-    def __init__(self, num_classes: int, width: int = 64, bilinear: bool = True, in_channels: int = 3):
+    def __init__(self,
+        num_classes: int,                   # Number of classes (output logit channels).
+        width: int = 64,                    # Base channel count (milesial: 64); level k has width * 2**k.
+        bilinear: bool = True,              # Bilinear upsampling, halving the bottleneck (True), or transposed
+                                            # convs (False)?
+        in_channels: int = 3,               # Number of input image channels.
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -438,6 +499,10 @@ class UNet(nn.Module):
         self.outc = OutConv(w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images x [N, in_channels, H, W], H and W >= 16 (four 2x2 max-pools) -> logits [N, num_classes, H, W]."""
+        assert_shape(x, ["N", self.inc.double_conv[0].in_channels, "H", "W"], "UNet", "x")
+        if x.shape[-2] < 16 or x.shape[-1] < 16:
+            raise ValueError(f"UNet: x must be at least 16 x 16 pixels (four 2x2 max-pools), got {list(x.shape)}")
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
