@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from lagm_ray.models.annotator import FPNAnnotator
-from lagm_ray.models.generator import Generator, assert_shape
+from lagm_ray.models.generator import Generator
+from lagm_ray.models.shapes import assert_shape
 from lagm_ray.models.segmentors import build_segmentor, resnet
 
 Z, W = 8, 16

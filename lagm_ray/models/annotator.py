@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import assert_shape
+from .shapes import assert_shape
 
 
 class FPNAnnotator(nn.Module):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import assert_shape
+from .shapes import assert_shape
 
 __all__ = [
     "SEGMENTOR_KINDS",
