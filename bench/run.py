@@ -121,7 +121,7 @@ def bench_ray_train(steps: int, tmp: Path) -> dict[str, float]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         t0 = time.perf_counter()
-        result = ray_fit(cfg, num_workers=1, storage_path=str(tmp / "ray"), name="bench", resume=False)
+        result = ray_fit(cfg, storage_path=str(tmp / "ray"), name="bench", resume=False)
         total = time.perf_counter() - t0
     finally:
         ray.shutdown()

@@ -13,7 +13,7 @@ import sys
 import _path  # noqa: F401
 
 from lagm_ray import paper
-from lagm_ray.experiment import SEARCH_SPACES, comparison_table, main
+from lagm_ray.sweep_command import SEARCH_SPACES, comparison_table, main
 
 DEEPLAB_KEYS = {"All": "All", "Res2..Head": "Res2,Res3,Res4,Res5,Head", "Res3..Head": "Res3,Res4,Res5,Head",
                 "Res4..Head": "Res4,Res5,Head", "Res5..Head": "Res5,Head", "Head": "Head"}

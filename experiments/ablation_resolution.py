@@ -10,7 +10,7 @@ import sys
 import _path  # noqa: F401
 
 from lagm_ray import paper
-from lagm_ray.experiment import SEARCH_SPACES, comparison_table, main
+from lagm_ray.sweep_command import SEARCH_SPACES, comparison_table, main
 
 # The paper's resolutions are 1, 1/2, 1/4 of its generator's; ours are the same fractions of 64 px.
 OURS = {512: 64, 256: 32, 128: 16}

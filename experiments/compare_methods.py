@@ -17,7 +17,7 @@ import _path  # noqa: F401
 from rich.table import Table
 
 from lagm_ray import paper
-from lagm_ray.experiment import SEARCH_SPACES, main
+from lagm_ray.sweep_command import SEARCH_SPACES, main
 
 
 def flags(ap):

@@ -18,7 +18,7 @@ from rich.table import Table
 from lagm_ray import paper
 from lagm_ray.data.datasets import canonical_dataset_name
 from lagm_ray.errors import ConfigError
-from lagm_ray.experiment import SEARCH_SPACES, main
+from lagm_ray.sweep_command import SEARCH_SPACES, main
 from lagm_ray.sweep_spec import Domain
 
 

@@ -161,7 +161,7 @@ def sweep(ctx: typer.Context, spec: Path = typer.Argument(..., help="A search_sp
     --quick, --steps N, --trials N, --concurrency N, --set key=value, --name, --storage-path, --fresh."""
     import argparse
 
-    from .experiment import add_sweep_flags, run, spec_from_args
+    from .sweep_command import add_sweep_flags, run, spec_from_args
 
     ap = argparse.ArgumentParser(prog="lagm sweep", add_help=False)
     add_sweep_flags(ap)

@@ -333,7 +333,7 @@ def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path, ray_local, monke
     monkeypatch.setenv("LAGM_STORAGE_PATH", str(tmp_path / "ray"))
     monkeypatch.chdir(tmp_path)
     script = load_experiment("label_counts")
-    from lagm_ray.experiment import SEARCH_SPACES, main
+    from lagm_ray.sweep_command import SEARCH_SPACES, main
 
     argv = ["--dataset", "celebamask-hq", "--root", str(clean_tree), "--quick", "--labels", "3", "--steps", "2",
             "--set", "train.eval_interval=2", "--set", "data.num_val=3", "--set", "data.num_test=3",
@@ -362,7 +362,7 @@ def label_counts_spec(*argv: str):
     script = load_experiment("label_counts")
     import argparse
 
-    from lagm_ray.experiment import SEARCH_SPACES, add_sweep_flags, spec_from_args
+    from lagm_ray.sweep_command import SEARCH_SPACES, add_sweep_flags, spec_from_args
 
     ap = argparse.ArgumentParser()
     add_sweep_flags(ap)

@@ -6,7 +6,9 @@ controller and worker processes, about 15 s here)."""
 
 import pytest
 
+from lagm_ray.distributed.faults import KillAfterCheckpoint
 from lagm_ray.distributed.train import ray_fit, result_metrics
+from lagm_ray.sweep_spec import Resources
 from lagm_ray.trainer import Trainer
 
 pytestmark = pytest.mark.ray
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.ray
 def test_one_worker_equals_the_plain_loop(ray_local, tiny_config, tmp_path):
     cfg = tiny_config()
     plain = Trainer(cfg).fit()
-    result = ray_fit(cfg, num_workers=1, storage_path=str(tmp_path / "ray"), name="one")
+    result = ray_fit(cfg, storage_path=str(tmp_path / "ray"), name="one")
     m = result_metrics(result)
     assert m["step"] == cfg.train.steps
     assert m["test/fg_miou"] == plain.metrics["test/fg_miou"]
@@ -26,8 +28,8 @@ def test_killed_worker_resumes_to_the_same_result(ray_local, tiny_config, tmp_pa
     cfg = tiny_config()
     clean = Trainer(cfg).fit()
     marker = tmp_path / "killed-once"
-    result = ray_fit(cfg, num_workers=1, storage_path=str(tmp_path / "ray"), name="killed", max_failures=1,
-                     fail_at_step=3, fail_marker=str(marker))
+    result = ray_fit(cfg, storage_path=str(tmp_path / "ray"), name="killed", max_failures=1,
+                     extra_callbacks=[KillAfterCheckpoint(3, marker)])
     assert marker.exists()  # the worker really died at step 3
     m = result_metrics(result)
     assert m["step"] == cfg.train.steps and m["best_step"] == clean.best_step
@@ -40,7 +42,7 @@ def test_killed_worker_resumes_to_the_same_result(ray_local, tiny_config, tmp_pa
 def test_two_workers_stay_in_sync_and_follow_one(ray_local, tiny_config, tmp_path):
     one = Trainer(tiny_config(**{"train.synthetic_batch_size": 4, "train.labelled_batch_size": 4})).fit()
     cfg2 = tiny_config(**{"train.synthetic_batch_size": 2, "train.labelled_batch_size": 2})
-    two = ray_fit(cfg2, num_workers=2, storage_path=str(tmp_path / "ray"), name="w2", cpus_per_worker=1)
+    two = ray_fit(cfg2, Resources(workers=2, cpus_per_worker=1), storage_path=str(tmp_path / "ray"), name="w2")
     m2 = result_metrics(two)
     assert m2["step"] == cfg2.train.steps
     # same global batch: the two runs land close (not equal: the cosine distance is not linear in the batch)

@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_sweep
 from mlflow.tracking import MlflowClient
 
+from lagm_ray.distributed.faults import KillAfterCheckpoint
 from lagm_ray.distributed.sweep import run_sweep
 from lagm_ray.sweep_spec import load_sweep
 from lagm_ray.trainer import Trainer
@@ -75,7 +76,7 @@ def test_killed_trial_resumes_from_its_checkpoint_to_the_clean_result(ray_local,
     marker = tmp_path / "killed-once"
     killed = load_sweep(tiny_sweep(tmp_path, tiny_generator_path, name="killed", space={"train.K": {"grid": [1]}}))
     results, p_killed = run_sweep(killed, storage_path=str(tmp_path / "ray"), verbose=0,
-                                  fault={"fail_at_step": 3, "fail_marker": str(marker)})
+                                  extra_callbacks=[KillAfterCheckpoint(3, marker)])
     assert marker.exists() and not [r for r in results if r.error]  # it died at step 3, then finished
     (b,) = children(f"sqlite:///{tmp_path / 'mlflow.db'}", p_killed)  # still one child run, not two
     # the clean result: the same trial as a plain, uninterrupted run in this process

@@ -15,11 +15,33 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from ..config import Config, from_dict
+import optuna
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from ..callbacks import Callback
+from ..config import Config
+from ..methods import build_trainer
+from ..report import write_report
 from ..storage import atomic_write_text
 from ..sweep_spec import SweepSpec
+from ..tracking import (
+    MLflowCallback,
+    close_stopped_trials,
+    end_run,
+    find_sweep_run,
+    find_trial_run,
+    start_sweep_run,
+    tracking_uri,
+)
+from .train import RayReport, ray_fit, resume
+from .trial import MLflowRun, TrialContext
 
 STATE_FILE = "lagm_sweep.json"
 TRIAL_CPU = 0.5  # a trial that only launches a multi-worker TorchTrainer waits; it needs little CPU
@@ -33,8 +55,6 @@ def default_storage_path() -> str:
 def absolute_paths(cfg: Config) -> Config:
     """Trials run in their own working directories and perhaps on other nodes: make every relative
     path in the config (and a relative SQLite tracking store) absolute, as seen from the driver."""
-    from ..tracking import tracking_uri
-
     def absolute(p: str | None) -> str | None:
         return p if p is None or "://" in p or p.startswith("embedded:") or p == "scratch" else str(Path(p).resolve())
 
@@ -51,8 +71,6 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _tune_domain(d):
-    from ray import tune
-
     if d.kind == "grid":
         return tune.grid_search(d.values)
     if d.kind == "choice":
@@ -65,20 +83,13 @@ def _tune_domain(d):
 
 def make_searcher(spec: SweepSpec):
     if spec.searcher == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    from ray.tune.search import BasicVariantGenerator
-
     return BasicVariantGenerator(random_state=spec.seed)
 
 
 def make_scheduler(spec: SweepSpec):
     if not spec.scheduler:
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
     a = dict(spec.scheduler["asha"] or {})
     t = spec.base.train
     reports = -(-t.steps // t.eval_interval)  # a trial reports once per evaluation
@@ -99,51 +110,30 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v).replace(",", "+")
 
 
-def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
+def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: the base config with this trial's values, trained and reported to Tune."""
-    import ray
-    from ray import tune
+    tune_ctx = tune.get_context()
+    trial_id = tune_ctx.get_trial_id()
+    cfg = ctx.trial_config(params, trial_id)
+    mlflow_run = MLflowRun(
+        run_id=find_trial_run(ctx.parent_run_id, trial_id, cfg.tracking.uri)
+        if cfg.tracking.enabled and ctx.parent_run_id else None,
+        run_name=tune_ctx.get_trial_name(),
+        tags={"lagm.trial_id": trial_id, "lagm.role": "trial", "lagm.sweep": ctx.sweep,
+              "lagm.node": ray.get_runtime_context().get_node_id()})  # which node ran it (multi-node sweeps)
 
-    from ..methods import build_trainer
-    from .train import RayReport, resume
-
-    ctx = tune.get_context()
-    trial_id, run_name = ctx.get_trial_id(), ctx.get_trial_name()
-    cfg = from_dict(sweep["base"], source=sweep["source"]).replace(params, source=f"{sweep['source']}: trial {params}")
-    cfg = cfg.replace({"run.name": f"{sweep['name']}-{trial_id}",
-                       # Report and checkpoint at every evaluation: the metric is in every report.
-                       "train.checkpoint_interval": cfg.train.eval_interval,
-                       "tracking.parent_run_id": sweep["parent_run_id"]})
-    # One torch thread per CPU the trial reserved, whatever the base config asks for a standalone run:
-    # concurrent trials with more threads than cores slow each other down several times over.
-    cfg = cfg.replace({"run.num_threads": max(1, int(sweep["cpus_per_worker"]))})
-    run_id = None
-    tags = {"lagm.trial_id": trial_id, "lagm.role": "trial", "lagm.sweep": sweep["name"],
-            "lagm.node": ray.get_runtime_context().get_node_id()}  # which node ran it (multi-node sweeps)
-    if cfg.tracking.enabled and sweep["parent_run_id"]:
-        from ..tracking import find_trial_run
-
-        run_id = find_trial_run(sweep["parent_run_id"], trial_id, cfg.tracking.uri)
-
-    if sweep["workers"] > 1:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from .train import ray_fit
-
-        ray_fit(cfg, num_workers=sweep["workers"], use_gpu=sweep["gpus_per_worker"] > 0,
-                storage_path=sweep["storage_path"], name=f"{sweep['name']}-train-{trial_id}",
-                max_failures=sweep["max_failures"], cpus_per_worker=sweep["cpus_per_worker"],
-                mlflow_run_id=run_id, mlflow_run_name=run_name, mlflow_tags=tags,
-                callbacks=[TuneReportCallback()])
+    if ctx.resources.workers > 1:
+        ray_fit(cfg, ctx.resources, storage_path=ctx.storage_path, name=f"{ctx.sweep}-train-{trial_id}",
+                max_failures=ctx.max_failures, mlflow_run=mlflow_run, extra_callbacks=ctx.extra_callbacks,
+                run_callbacks=[TuneReportCallback()])
         return
 
     trainer = build_trainer(cfg)
     resume(trainer, tune.get_checkpoint())
-    callbacks: list = [RayReport(report=tune.report, **sweep.get("fault", {}))]
+    callbacks: list[Callback] = [RayReport(report=tune.report), *ctx.extra_callbacks]
     if cfg.tracking.enabled:
-        from ..tracking import MLflowCallback
-
-        callbacks.append(MLflowCallback(cfg, run_name=run_name, tags=tags, run_id=run_id))
+        callbacks.append(MLflowCallback(cfg, run_name=mlflow_run.run_name, tags=mlflow_run.tags,
+                                        run_id=mlflow_run.run_id))
     trainer.fit(callbacks)
 
 
@@ -151,17 +141,11 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
 
 
 def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = True,
-              spec_text: str = "", fault: dict | None = None, verbose: int = 1):
+              spec_text: str = "", extra_callbacks: Sequence[Callback] = (), verbose: int = 1):
     """Run (or, when its Tune state exists, restore and finish) a sweep; returns (ResultGrid, parent run id).
 
-    ``fault`` ({"fail_at_step": n, "fail_marker": path}) kills one trial's process once after a
-    checkpoint: for fault-tolerance tests and drills."""
-    import ray
-    from ray import tune
-
-    from ..report import write_report
-    from ..tracking import end_run, start_sweep_run
-
+    ``extra_callbacks`` go to every trial's trainer, e.g. a fault drill
+    (:class:`~lagm_ray.distributed.faults.KillAfterCheckpoint`)."""
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose > 1)
     storage_path = storage_path or default_storage_path()
@@ -178,8 +162,6 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
     parent_run_id = state.get("parent_run_id")
     if restoring and parent_run_id is None and base.tracking.enabled:
         # Remote storage keeps no state file of ours: the newest parent run of this sweep's name.
-        from ..tracking import find_sweep_run
-
         try:
             parent_run_id = find_sweep_run(spec.name, base.tracking.experiment, uri)
         except LookupError:
@@ -197,14 +179,14 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
                                                    "source": spec.source}, indent=2))
 
     r = spec.resources
-    sweep = {"name": spec.name, "source": spec.source, "base": base.to_dict(), "parent_run_id": parent_run_id,
-             "workers": r.workers, "cpus_per_worker": r.cpus_per_worker, "gpus_per_worker": r.gpus_per_worker,
-             "storage_path": storage_path, "max_failures": spec.max_failures, "fault": fault or {}}
+    ctx = TrialContext(sweep=spec.name, source=spec.source, base=base, parent_run_id=parent_run_id, resources=r,
+                       storage_path=storage_path, max_failures=spec.max_failures,
+                       extra_callbacks=tuple(extra_callbacks))
     if r.workers > 1:
         resources = {"cpu": TRIAL_CPU}
     else:
         resources = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep), resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
     if restoring:
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -226,8 +208,6 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
     if parent_run_id:
-        from ..tracking import close_stopped_trials
-
         close_stopped_trials(parent_run_id, uri, {r.metrics["trial_id"]: r.metrics for r in results
                                                   if r.error is None and r.metrics and "trial_id" in r.metrics})
         write_report(parent_run_id, uri, out_dir=exp_dir)

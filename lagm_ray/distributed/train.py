@@ -19,14 +19,16 @@ stay per worker, as with DDP without SyncBatchNorm; rank 0's are the ones evalua
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.train.torch import TorchTrainer
 from torch import nn
 
 from ..callbacks import Callback
@@ -34,7 +36,10 @@ from ..config import Config, from_dict
 from ..methods import build_trainer
 from ..metrics import drop_per_class
 from ..storage import load_checkpoint, save_checkpoint
+from ..sweep_spec import Resources
+from ..tracking import MLflowCallback
 from ..trainer import Trainer
+from .trial import MLflowRun
 
 LAST = "last.pt"
 
@@ -63,9 +68,8 @@ class RayReport(Callback):
     inside a Tune trial. ``ray.train.report`` is a barrier: every worker calls it; only rank 0
     attaches the checkpoint, which holds every worker's RNG states so that all of them resume exactly."""
 
-    def __init__(self, fail_at_step: int | None = None, fail_marker: str | None = None, report=None):
+    def __init__(self, report=None):
         self.pending: dict[str, float] = {}
-        self.fail_at_step, self.fail_marker = fail_at_step, fail_marker
         self.report = report
         self.started, self.started_unix = time.perf_counter(), time.time()
 
@@ -79,8 +83,6 @@ class RayReport(Callback):
         self.pending.update(metrics)
 
     def on_checkpoint(self, step: int, trainer: Trainer) -> None:
-        import ray.train
-
         report = self.report or ray.train.report
         state = trainer.state_dict()
         if dist.is_initialized():
@@ -105,30 +107,21 @@ class RayReport(Callback):
                 report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             report(metrics)
-        # Fault injection for tests and drills: kill this worker's process once, right after a checkpoint.
-        if self.fail_at_step == step and trainer.rank == 0 and self.fail_marker and not os.path.exists(self.fail_marker):
-            Path(self.fail_marker).write_text(str(step))
-            os._exit(1)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: build the trainer, resume from Ray's checkpoint, fit."""
-    import ray.train
-    import ray.train.torch
-
     cfg = from_dict(loop_config["config"], source="ray train loop config")
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device() if cfg.run.device in ("auto", "cuda") else torch.device(cfg.run.device)
     trainer = build_trainer(cfg, device=device, rank=rank, grad_sync=allreduce_mean)
     resume(trainer, ray.train.get_checkpoint(), ctx.get_world_size())
-    callbacks: list[Callback] = [RayReport(loop_config.get("fail_at_step"), loop_config.get("fail_marker"))]
+    callbacks: list[Callback] = [RayReport(), *loop_config["extra_callbacks"]]
+    mlflow_run: MLflowRun = loop_config["mlflow"]
     if rank == 0 and cfg.tracking.enabled:
-        from ..tracking import MLflowCallback
-
-        callbacks.append(MLflowCallback(cfg, run_id=loop_config.get("mlflow_run_id"),
-                                        run_name=loop_config.get("mlflow_run_name"),
-                                        tags=loop_config.get("mlflow_tags")))
+        callbacks.append(MLflowCallback(cfg, run_id=mlflow_run.run_id, run_name=mlflow_run.run_name,
+                                        tags=mlflow_run.tags))
     trainer.fit(callbacks)
 
 
@@ -145,45 +138,38 @@ def resume(trainer: Trainer, checkpoint, world_size: int = 1) -> bool:
     return True
 
 
-def ray_fit(cfg: Config, num_workers: int = 1, use_gpu: bool | None = None, storage_path: str | None = None,
-            name: str | None = None, max_failures: int = 0, cpus_per_worker: float = 1.0,
-            resume: bool = True, mlflow_run_id: str | None = None, fail_at_step: int | None = None,
-            fail_marker: str | None = None, mlflow_run_name: str | None = None,
-            mlflow_tags: dict[str, str] | None = None, callbacks: list | None = None):
+def ray_fit(cfg: Config, resources: Resources | None = None, *, storage_path: str | None = None,
+            name: str | None = None, max_failures: int = 0, resume: bool = True, mlflow_run: MLflowRun = MLflowRun(),
+            extra_callbacks: Sequence[Callback] = (), run_callbacks: Sequence[Any] = ()):
     """Run ``cfg`` with Ray Train's TorchTrainer; returns the ray.train.Result.
 
-    ``storage_path`` may be a local directory or shared storage (NFS path, s3://...). With
-    ``resume`` a run of the same name whose checkpoint exists continues from it."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    if use_gpu is None:
-        use_gpu = cfg.run.device in ("auto", "cuda") and torch.cuda.is_available()
+    ``resources``: workers and their CPUs/GPUs (default: 1 worker, 1 CPU, a GPU when ``run.device`` allows
+    one and CUDA is present). ``storage_path`` may be a local directory or shared storage (NFS path,
+    s3://...). With ``resume`` a run of the same name whose checkpoint exists continues from it.
+    ``extra_callbacks`` go to every worker's trainer (fault drills); ``run_callbacks`` to Ray Train's
+    RunConfig (e.g. Tune's report callback when a trial launched this run)."""
+    if resources is None:
+        gpu = cfg.run.device in ("auto", "cuda") and torch.cuda.is_available()
+        resources = Resources(workers=1, cpus_per_worker=1.0, gpus_per_worker=1.0 if gpu else 0.0)
     storage_path = storage_path or str(Path(cfg.run.output_dir).resolve() / "ray")
     name = name or cfg.run.name
-    loop_config = {"config": cfg.to_dict(), "mlflow_run_id": mlflow_run_id, "fail_at_step": fail_at_step,
-                   "fail_marker": fail_marker, "mlflow_run_name": mlflow_run_name, "mlflow_tags": mlflow_tags}
-    resume_from = None
-    if resume:
-        resume_from = latest_checkpoint(storage_path, name)
+    loop_config = {"config": cfg.to_dict(), "mlflow": mlflow_run, "extra_callbacks": tuple(extra_callbacks)}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
+                                               resources_per_worker={"CPU": resources.cpus_per_worker}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                                       callbacks=callbacks),
-        resume_from_checkpoint=resume_from,
+                                       callbacks=list(run_callbacks)),
+        resume_from_checkpoint=latest_checkpoint(storage_path, name) if resume else None,
     )
     return trainer.fit()
 
 
 def latest_checkpoint(storage_path: str, name: str):
     """The newest checkpoint a previous (killed) run of this name left in local storage, if any."""
-    import ray.train
-
     run_dir = Path(storage_path) / name
     if not run_dir.is_dir():
         return None

@@ -54,14 +54,14 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
 
 
 def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
-        fault: dict | None = None):
+        extra_callbacks=()):
     """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper."""
     from .distributed.sweep import run_sweep
     from .report import sweep_table, to_markdown
 
     spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
     results, parent = run_sweep(spec, storage_path=args.storage_path, resume=not args.fresh, spec_text=spec_text,
-                                fault=fault)
+                                extra_callbacks=extra_callbacks)
     errors = [r for r in results if r.error is not None]
     if parent is None:
         console.print(f"{len(results)} trials finished ({len(errors)} failed); tracking disabled")

@@ -1,0 +1,49 @@
+"""What a Ray Tune trial needs to know about its sweep, typed, and the one place a trial's config is built.
+
+The driver fills a :class:`TrialContext` once per sweep; Tune hands it to every trial. A trial's config
+is the sweep's base with the sampled values and the trial's own bookkeeping set, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..callbacks import Callback
+from ..config import Config
+from ..sweep_spec import Resources
+
+
+@dataclass(frozen=True)
+class MLflowRun:
+    """Where a training logs in MLflow when a sweep launched it: the trial's child run (found again
+    after a restart: ``run_id``), its name and tags."""
+
+    run_id: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    sweep: str  # the sweep's name: prefixes the trials' run names
+    source: str  # the sweep file, for error messages
+    base: Config  # the sweep's base config, validated by the driver, paths made absolute
+    parent_run_id: str | None  # the sweep's MLflow parent run; None when tracking is off
+    resources: Resources  # per trial: Ray Train workers, CPUs and GPUs per worker
+    storage_path: str  # Tune and Ray Train state (local, NFS or s3://)
+    max_failures: int  # restarts of a trial (or of its Ray Train run) from its last checkpoint
+    extra_callbacks: tuple[Callback, ...] = ()  # added to every trial's trainer: fault drills in tests
+
+    def trial_config(self, params: dict[str, Any], trial_id: str) -> Config:
+        """The base with this trial's sampled ``params`` and bookkeeping set, validated once."""
+        eval_interval = params.get("train.eval_interval", self.base.train.eval_interval)
+        return self.base.replace({
+            **params,
+            "run.name": f"{self.sweep}-{trial_id}",
+            # Report and checkpoint at every evaluation: the metric is in every report.
+            "train.checkpoint_interval": eval_interval,
+            "tracking.parent_run_id": self.parent_run_id,
+            # One torch thread per CPU the trial reserved, whatever the base config asks for a standalone
+            # run: concurrent trials with more threads than cores slow each other down several times over.
+            "run.num_threads": max(1, int(self.resources.cpus_per_worker)),
+        }, source=f"{self.source}: trial {params}")
