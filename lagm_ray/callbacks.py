@@ -20,6 +20,14 @@ class Callback:
     def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None: ...
     def on_checkpoint(self, step: int, trainer: Any) -> None: ...
     def on_end(self, result: "TrainResult") -> None: ...
+    # The run stops with ``error`` after ``step`` steps: KeyboardInterrupt (Ctrl-C, or SIGTERM where the
+    # caller turns it into one) is an interruption, anything else a failure. ``fit`` re-raises it after.
+    def on_abort(self, step: int, error: BaseException) -> None: ...
+
+
+def is_interruption(error: BaseException) -> bool:
+    """Stopped from outside (Ctrl-C, SIGTERM, a Ray cancellation) rather than failed by itself."""
+    return isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
 @dataclass

@@ -24,7 +24,8 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a key, e.g. --set trai
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """A user error: one line on stderr (plain text: messages quote keys and lists), exit status 2."""
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -45,13 +46,18 @@ def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt
           resume: Optional[str] = typer.Option(None, help="'auto' (the run dir's last.pt) or a checkpoint path."),
           track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train an annotator (LAGM) or a baseline from a config."""
-    from .runs import train_one
+    from .runs import run_dir_of, train_one
 
     try:
         cfg = load_config(config, set_ or [])
         result = train_one(cfg, resume=resume, track=track)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        last = run_dir_of(cfg) / "last.pt"
+        where = f"its last checkpoint is {last}; continue with --resume auto" if last.exists() else "no checkpoint yet"
+        typer.echo(f"interrupted: {where}", err=True)
+        raise typer.Exit(130)
     print_metrics(f"{cfg.run.name}: test metrics at the best validation step ({result.best_step})", result.metrics)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,7 +34,10 @@ def run_dir_of(cfg) -> Path:
 
 def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: bool = True,
               description: str | None = None):
-    """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar."""
+    """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar.
+
+    The MLflow run's id is kept in the run directory from the moment the run exists, so a resumed
+    training continues the same MLflow run; SIGTERM stops the training as Ctrl-C does (run KILLED)."""
     run_dir = run_dir_of(cfg)
     trainer = build_trainer(cfg)
     if resume:
@@ -48,15 +53,29 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
     if track and cfg.tracking.enabled:
         run_id_file = run_dir / "mlflow_run_id"
         run_id = run_id_file.read_text().strip() if trainer.step > 0 and run_id_file.exists() else None
-        cb = MLflowCallback(cfg, run_id=run_id)
-        callbacks.append(cb)
-        result = trainer.fit(callbacks)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run_id_file.write_text(cb.run_id or "")
-    else:
+        callbacks.append(MLflowCallback(cfg, run_id=run_id or None, run_id_file=run_id_file, checkpoint_dir=run_dir))
+    with sigterm_as_interrupt():
         result = trainer.fit(callbacks)
     atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))
     return result
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) raises KeyboardInterrupt in the main thread, so a training
+    records its stop as Ctrl-C does; elsewhere (worker threads) signals stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,

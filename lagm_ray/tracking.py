@@ -15,10 +15,11 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from .callbacks import Callback, TrainResult
+from .callbacks import Callback, TrainResult, is_interruption
 from .config import Config
-from .storage import code_version
+from .storage import atomic_write_text, code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -93,7 +94,6 @@ def start_parent_run(run_name: str, experiment: str, uri: str | None = None,
                      tags: dict[str, str] | None = None) -> str:
     """Create a run left RUNNING until :func:`end_run`, under which other runs nest (a sweep's trials, a
     quickstart's trainings); returns its id. Made with the client API, so no run becomes "active"."""
-    from mlflow.tracking import MlflowClient
 
     experiment_id = use_experiment(experiment, uri)
     run = MlflowClient(tracking_uri(uri)).create_run(
@@ -105,7 +105,6 @@ def end_run(run_id: str, uri: str | None = None, status: str = "FINISHED",
             metrics: dict[str, float] | None = None, summary: tuple[dict, str] | None = None) -> None:
     """Finish a run from :func:`start_parent_run`, first logging its final ``metrics`` and ``summary``
     (a dict and the JSON artifact name it goes to)."""
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(uri))
     for k, v in (metrics or {}).items():
@@ -126,14 +125,25 @@ def generator_run(config: dict[str, Any], run_name: str, experiment: str = "lagm
 
 
 class MLflowCallback(Callback):
+    """One training's MLflow run: params and config at the start, metrics as they come, pictures, the best
+    checkpoint at the end. The run's status tells what happened: FINISHED, FAILED (the training raised),
+    KILLED (interrupted); a SIGKILLed run stays RUNNING until it is resumed.
+
+    ``run_id``: continue that run (a resumed training, a restarted trial); steps it already logged are not
+    logged again. ``run_id_file``: where the id of a new run is written as soon as the run exists, so
+    that a resume after any kind of death finds it. ``checkpoint_dir``: named on the run when it stops."""
+
     wants_pictures = True  # logged as artifacts at every evaluation that draws them
 
     def __init__(self, cfg: Config, run_name: str | None = None, tags: dict[str, str] | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, run_id_file: Path | None = None, checkpoint_dir: Path | None = None):
         self.cfg = cfg
         self.run_name = run_name or cfg.run.name
         self.tags = dict(tags or {})
-        self.run_id = run_id  # resume into an existing run (after a restart) instead of a new one
+        self.run_id = run_id
+        self.run_id_file, self.checkpoint_dir = run_id_file, checkpoint_dir
+        self.logged_until = 0  # the last step the run already holds (resumed runs)
+        self.active = False
         self.trainer: Any = None  # the running Trainer
 
     def on_start(self, trainer: Any) -> None:
@@ -141,18 +151,25 @@ class MLflowCallback(Callback):
         experiment_id = setup(self.cfg)
         tags = {**code_version(), "method": self.cfg.train.method, **self.tags}
         if self.run_id is not None:
-            run = mlflow.start_run(run_id=self.run_id)
-        else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
-                                   parent_run_id=self.cfg.tracking.parent_run_id, tags=tags)
-            self.run_id = run.info.run_id
-            log_params(self.cfg.flat())
-            mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
+            mlflow.start_run(run_id=self.run_id)
+            self.active = True
+            self.logged_until = last_logged_step(self.run_id)
+            return
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
+                               parent_run_id=self.cfg.tracking.parent_run_id, tags=tags)
+        self.run_id, self.active = run.info.run_id, True  # from here on, a stop is recorded on the run
+        log_params(self.cfg.flat())
+        mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
+        if self.run_id_file is not None:
+            atomic_write_text(self.run_id_file, self.run_id)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, step=step)
+        if step > self.logged_until:
+            mlflow.log_metrics(metrics, step=step)
 
     def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None:
+        if step <= self.logged_until:
+            return
         mlflow.log_metrics(metrics, step=step)
         for name, image in pictures.items():
             mlflow.log_image(image, artifact_file=f"pictures/{name}_step{step:07d}.png")
@@ -167,6 +184,26 @@ class MLflowCallback(Callback):
                 self.trainer.save_best(Path(d) / "best.pt")
                 mlflow.log_artifact(str(Path(d) / "best.pt"), "checkpoints")
         mlflow.end_run()
+        self.active = False
+
+    def on_abort(self, step: int, error: BaseException) -> None:
+        if not self.active:
+            return
+        tags = {"lagm.stopped_at_step": str(step),
+                "lagm.error": (f"{type(error).__name__}: {error}".splitlines() or [""])[0][:500]}
+        last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
+        if last is not None and last.exists():
+            tags["lagm.last_checkpoint"] = str(last.resolve())
+        mlflow.set_tags(tags)
+        mlflow.end_run("KILLED" if is_interruption(error) else "FAILED")
+        self.active = False
+
+
+def last_logged_step(run_id: str) -> int:
+    """The largest step at which ``run_id`` logged any metric (0 if none)."""
+    client = MlflowClient()
+    keys = client.get_run(run_id).data.metrics
+    return max((m.step for k in keys for m in client.get_metric_history(run_id, k)), default=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +221,6 @@ def start_sweep_run(name: str, experiment: str, uri: str | None, swept_keys: lis
     """Create the sweep's parent run (left RUNNING until :func:`end_run`); returns its id.
 
     Created by the driver before any trial starts, so that trials only ever nest under it."""
-    from mlflow.tracking import MlflowClient
 
     run_id = start_parent_run(f"sweep-{name}", experiment, uri, tags={
         SWEEP_TAG: name, ROLE_TAG: "sweep", SWEPT_TAG: ",".join(swept_keys), METRIC_TAG: f"{metric} {mode}"})
@@ -203,7 +239,6 @@ def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None) -> str | 
 
 def child_runs(parent_run_id: str, uri: str | None, extra_filter: str = "") -> list:
     """The runs nested under ``parent_run_id`` (and matching ``extra_filter``, an MLflow filter string)."""
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(uri))
     parent = client.get_run(parent_run_id)
@@ -213,9 +248,6 @@ def child_runs(parent_run_id: str, uri: str | None, extra_filter: str = "") -> l
 
 def find_sweep_run(sweep: str, experiment: str | None, uri: str | None) -> str:
     """A sweep's parent run id from its name (the newest run of that name) or its run id."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri(uri))
     if len(sweep) == 32 and all(c in "0123456789abcdef" for c in sweep):
         try:
@@ -239,7 +271,6 @@ def close_stopped_trials(parent_run_id: str, uri: str | None, last_reports: dict
     """Trials a scheduler (ASHA) stopped never reach their own end: their child runs are still RUNNING
     and hold no result/ metrics. Give them their best-so-far from the last Tune report, tag them
     stopped early and close them. ``last_reports``: Tune trial id -> last reported metrics."""
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri(uri))
     closed = 0

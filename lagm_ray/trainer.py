@@ -369,26 +369,34 @@ class Trainer:
         t = self.cfg.train
         total = self.total_steps
         pictures = pictures and any(cb.wants_pictures for cb in callbacks)  # drawing them costs seconds
-        for cb in callbacks:
-            cb.on_start(self)
-        while self.step < total:
-            metrics = self.train_step()
-            step = self.step
-            if step % t.log_interval == 0 or step == 1:
-                for cb in callbacks:
-                    cb.on_log(step, metrics)
-            # Only the first worker evaluates: every worker holds the same weights after averaging.
-            if self.rank == 0 and (step % t.eval_interval == 0 or step == total):
-                want_pics = pictures and (step == total or (t.picture_interval and step % t.picture_interval == 0))
-                ev, pics = self.evaluate(pictures=bool(want_pics))
-                for cb in callbacks:
-                    cb.on_eval(step, ev, pics)
-            if step % t.checkpoint_interval == 0 or step == total:
-                for cb in callbacks:
-                    cb.on_checkpoint(step, self)
-        result = self.result()
-        for cb in callbacks:
-            cb.on_end(result)
+        try:
+            for cb in callbacks:
+                cb.on_start(self)
+            while self.step < total:
+                metrics = self.train_step()
+                step = self.step
+                if step % t.log_interval == 0 or step == 1:
+                    for cb in callbacks:
+                        cb.on_log(step, metrics)
+                # Only the first worker evaluates: every worker holds the same weights after averaging.
+                if self.rank == 0 and (step % t.eval_interval == 0 or step == total):
+                    want_pics = pictures and (step == total or (t.picture_interval and step % t.picture_interval == 0))
+                    ev, pics = self.evaluate(pictures=bool(want_pics))
+                    for cb in callbacks:
+                        cb.on_eval(step, ev, pics)
+                if step % t.checkpoint_interval == 0 or step == total:
+                    for cb in callbacks:
+                        cb.on_checkpoint(step, self)
+            result = self.result()
+            for cb in callbacks:
+                cb.on_end(result)
+        except BaseException as error:
+            for cb in callbacks:  # every callback records the stop, even if one of them fails doing so
+                try:
+                    cb.on_abort(self.step, error)
+                except Exception as e:  # noqa: BLE001 - the original error is the one to raise
+                    error.add_note(f"while recording it, {type(cb).__name__} failed: {type(e).__name__}: {e}")
+            raise
         return result
 
     # ------------------------------------------------------------------------------ checkpoints
