@@ -17,7 +17,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from .callbacks import Callback, TrainResult
-from .config import Config
+from .methods import Config
 from .storage import code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"

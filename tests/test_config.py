@@ -1,7 +1,8 @@
 import pytest
 
-from lagm_ray.config import Config, load_config, parse_override
+from lagm_ray.config import parse_override
 from lagm_ray.errors import ConfigError
+from lagm_ray.methods import Config, load_config
 
 
 def test_defaults_are_the_papers():

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, from_dict
+from ..methods import Config, from_dict
 from ..storage import atomic_write_text
 from ..sweep_spec import SweepSpec
 

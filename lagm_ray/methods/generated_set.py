@@ -40,27 +40,27 @@ class LabelThenDistill(Trainer):
 
     generated: GeneratedSet | None = None
 
-    # The stage keys live in the method's own config section (named like the method): labeller_steps,
+    # The stage keys live in the method's own config section (the subclass's ``section``): labeller_steps,
     # set_size, generate_batch_size and, where the method filters, filter_ratio.
     @property
-    def section(self) -> Any:
-        return getattr(self.cfg, self.cfg.train.method)
+    def settings(self) -> Any:
+        return getattr(self.cfg, self.section)
 
     @property
     def labeller_steps(self) -> int:
-        return self.section.labeller_steps
+        return self.settings.labeller_steps
 
     @property
     def set_size(self) -> int:
-        return self.section.set_size
+        return self.settings.set_size
 
     @property
     def generate_batch_size(self) -> int:
-        return self.section.generate_batch_size
+        return self.settings.generate_batch_size
 
     @property
     def filter_ratio(self) -> float:
-        return getattr(self.section, "filter_ratio", 0.0)
+        return getattr(self.settings, "filter_ratio", 0.0)
 
     def labeller_step(self) -> dict[str, float]:
         raise NotImplementedError
