@@ -200,11 +200,10 @@ SHARED_SECTIONS: dict[str, type] = {
 # Reading
 
 
-def layered(defaults: dict[str, Any], path: str | Path | None = None,
+def layered(data: dict[str, Any], path: str | Path | None = None,
             overrides: list[str] | dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-    """``defaults`` (a config's ``to_dict()``), then the YAML file's keys, then the overrides (``["train.K=5"]``
-    or ``{"train.K": 5}``) -> (the merged dict, the source to name in error messages)."""
-    data = defaults
+    """The defaults ``data`` (a config's ``to_dict()``, updated in place), then the YAML file's keys, then the
+    overrides (``["train.K=5"]`` or ``{"train.K": 5}``) -> (data, the source to name in error messages)."""
     if path is not None:
         try:
             text = Path(path).read_text()
@@ -276,7 +275,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
 
 
 def build(cls: type, data: Any, source: str) -> Any:
-    """``cls(**data)`` (a config or a section); pydantic's errors become one ConfigError."""
+    """``cls(**data)`` for a config class; pydantic's errors become one ConfigError, a line per problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
     try:
