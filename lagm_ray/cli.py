@@ -44,7 +44,7 @@ def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt
           resume: Optional[str] = typer.Option(None, help="'auto' (the run dir's last.pt) or a checkpoint path."),
           track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train an annotator (LAGM) or a baseline from a config."""
-    from .methods import load_config  # imports torch and every method: not for `lagm --help`
+    from .methods import load_config  # torch, every method
     from .runs import train_one
 
     try:
@@ -237,7 +237,7 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
     scored on the config's real test split at its best validation epoch."""
     from .config import parse_override
     from .datagen import DatasetError, downstream_config, open_dataset
-    from .methods import load_config  # imports torch and every method: not for `lagm --help`
+    from .methods import load_config  # torch, every method
 
     try:
         if config is not None:
