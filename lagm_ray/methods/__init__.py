@@ -85,9 +85,9 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """A checked Config: every section's keys (pydantic), ``train.method`` (the registry), then the method's
     checks across sections (``Trainer.check`` and its subclass's)."""
     cfg = build(Config, data, source)
-    method = trainer_class(cfg.train.method, source)
+    cls = trainer_class(cfg.train.method, source)
     try:
-        method.check(cfg)
+        cls.check(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg

@@ -134,11 +134,8 @@ class DatasetGANTrainer(LabelThenDistill):
 
     @classmethod
     def check(cls, cfg) -> None:
-        super().check(cfg)
-        g, steps = cfg.datasetgan, cfg.train.steps
-        if g.labeller_steps >= steps:
-            raise ConfigError(f"datasetgan.labeller_steps must be below train.steps ({steps}): the steps after it "
-                              "train the segmentor")
+        super().check(cfg)  # labeller_steps < train.steps
+        g = cfg.datasetgan
         if int(g.set_size * (1 - g.filter_ratio)) < 1:
             raise ConfigError("datasetgan.set_size keeps no image after filtering")
 

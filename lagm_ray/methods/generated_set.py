@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..synthetic import feature_select, to_size
 from ..trainer import Trainer
 from .pixel_features import images_from_uint8, images_to_uint8
@@ -39,6 +40,14 @@ class LabelThenDistill(Trainer):
     ``labeller_step``, ``label_generated`` and ``segmentor_loss``."""
 
     generated: GeneratedSet | None = None
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        labeller, steps = getattr(cfg, cls.section).labeller_steps, cfg.train.steps
+        if labeller >= steps:
+            raise ConfigError(f"{cls.section}.labeller_steps must be below train.steps ({steps}): the steps after "
+                              "it train the segmentor")
 
     # The stage keys live in the method's own config section (the subclass's ``section``): labeller_steps,
     # set_size, generate_batch_size and, where the method filters, filter_ratio.

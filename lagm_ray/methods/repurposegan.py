@@ -165,14 +165,7 @@ def warp(images: torch.Tensor, targets: torch.Tensor, theta: torch.Tensor, soft:
 
 
 class RepurposeGANTrainer(LabelThenDistill):
-    section, Settings = "repurposegan", RepurposeGANSettings
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        if cfg.repurposegan.labeller_steps >= cfg.train.steps:
-            raise ConfigError(f"repurposegan.labeller_steps must be below train.steps ({cfg.train.steps}): the "
-                              "steps after it train the auto-shot segmenter")
+    section, Settings = "repurposegan", RepurposeGANSettings  # LabelThenDistill.check: labeller_steps
 
     def build(self) -> None:
         r, cfg = self.cfg.repurposegan, self.cfg
