@@ -241,3 +241,32 @@ def test_stored_configs_keep_their_shape():
                        "pseudo_label", "inversion", "maml", "datasetgan", "repurposegan", "ganorcon", "layermatch"]
     assert from_dict(d, "stored") == Config()
     assert Config().to_yaml().startswith("run:\n  name: lagm\n")
+
+
+# The checks across sections of the method train.method selects (Trainer.check and its subclasses').
+SELECTED = [
+    ("lagm", {"train.matched_blocks": ["Res9"]}, "train.matched_blocks unknown block 'Res9'"),
+    ("supervised", {"segmentor.kind": "vgg"}, "segmentor.kind: unknown segmentor kind 'vgg'"),
+    ("pseudo_label", {"train.steps": 2}, "pseudo_label.teacher_fraction/annotator_fraction leave a stage"),
+    ("inversion", {"train.steps": 1}, "inversion.annotator_fraction leave a stage"),
+    ("datasetgan", {"train.steps": 10, "datasetgan.labeller_steps": 10}, "datasetgan.labeller_steps must be below"),
+    ("datasetgan", {"datasetgan.set_size": 1, "datasetgan.filter_ratio": 0.5}, "datasetgan.set_size keeps no image"),
+    ("repurposegan", {"train.steps": 10, "repurposegan.labeller_steps": 10}, "repurposegan.labeller_steps must be"),
+    ("ganorcon", {"train.steps": 10, "ganorcon.pretrain_steps": 5, "ganorcon.projector_steps": 5},
+     "ganorcon.pretrain_steps + (projector_steps when distilling) must leave steps"),
+    ("layermatch", {"train.steps": 10, "layermatch.pretrain_steps": 10}, "layermatch.pretrain_steps must leave"),
+    ("layermatch", {"train.steps": 10, "layermatch.mode": "decoder", "layermatch.decoder_steps": 10},
+     "layermatch.decoder_steps must leave"),
+]
+
+
+@pytest.mark.parametrize("method, overrides, needle", SELECTED, ids=[f"{m}:{n[:30]}" for m, _, n in SELECTED])
+def test_the_selected_methods_checks_name_the_key(tmp_path, method, overrides, needle):
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump({"train": {"method": method}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(p, overrides)
+    assert f"{p}: {needle}" in str(e.value)
+    if not any(k.startswith(("train.matched", "segmentor.")) for k in overrides):  # other methods do not care
+        other = "maml" if method != "maml" else "lagm"
+        load_config(p, {**overrides, "train.method": other})
