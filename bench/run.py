@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lagm_ray.config import load_config  # noqa: E402
+from lagm_ray.methods import load_config  # noqa: E402
 from lagm_ray.storage import atomic_write_text  # noqa: E402
 from lagm_ray.trainer import Trainer  # noqa: E402
 
@@ -276,12 +276,11 @@ def bench_annotator_memory() -> dict:
     no graph): LAGM's FPN (width 128, the reference) and DatasetGAN's ensemble (10 MLPs 128-32), once as
     DatasetGAN's release runs it (the whole upsampled feature map at once: chunk_pixels = every pixel) and
     once as lagm_ray runs it (datasetgan.chunk_pixels = 16384)."""
-    from lagm_ray.config import DatasetGANConfig
-    from lagm_ray.methods.datasetgan import StyleInterpreter
+    from lagm_ray.methods.datasetgan import DatasetGANSettings, StyleInterpreter
     from lagm_ray.models.annotator import FPNAnnotator
     from lagm_ray.synthetic import SyntheticSource
 
-    d = DatasetGANConfig()
+    d = DatasetGANSettings()
     out: dict = {}
     for name, s in MEMORY_SETTINGS.items():
         torch.manual_seed(0)

@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import load_config
 from .errors import ConfigError
 
 app = typer.Typer(help="LAGM (learning to annotate part segmentation with gradient matching) on Ray.",
@@ -46,6 +45,7 @@ def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt
           resume: Optional[str] = typer.Option(None, help="'auto' (the run dir's last.pt) or a checkpoint path."),
           track: bool = typer.Option(True, help="Log to MLflow.")):
     """Train an annotator (LAGM) or a baseline from a config."""
+    from .methods import load_config  # torch, every method
     from .runs import run_dir_of, train_one
 
     try:
@@ -243,6 +243,7 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
     scored on the config's real test split at its best validation epoch."""
     from .config import parse_override
     from .datagen import DatasetError, downstream_config, open_dataset
+    from .methods import load_config  # torch, every method
 
     try:
         if config is not None:

@@ -188,8 +188,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = None) -> AnnotatorInfo:
-    from .config import from_dict
     from .errors import ConfigError
+    from .methods import from_dict
     from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT
 
     path = resolve_checkpoint(path).resolve()
@@ -249,8 +249,7 @@ class Labeller:
     """The generator and the annotator, loaded once (one per Ray actor): seeds -> :class:`Samples`."""
 
     def __init__(self, info: AnnotatorInfo, device: torch.device | str = "cpu"):
-        from .config import from_dict
-        from .methods import trainer_class
+        from .methods import from_dict, trainer_class
 
         self.info = info
         self.device = torch.device(device)
@@ -817,7 +816,7 @@ def sample_grid(dataset: ShardDataset | str | os.PathLike, n: int = 8):
 
 def downstream_config(dataset: ShardDataset, config=None):
     """The config of the downstream protocol: the one given, else the annotator run's (from the manifest)."""
-    from .config import from_dict
+    from .methods import from_dict
 
     if config is not None:
         return config

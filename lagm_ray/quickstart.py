@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import from_dict, load_config
+from .methods import from_dict, load_config
 from .progress import make_progress
 from .runs import train_one
 from .storage import atomic_write_text

@@ -14,10 +14,10 @@ from typing import Optional
 
 from rich.console import Console
 
-from .config import from_dict, load_config, parse_override
+from .config import parse_override
 from .datagen import generate_local, sample_grid
 from .generator_training import train_generator
-from .methods import build_trainer
+from .methods import build_trainer, from_dict, load_config
 from .metrics import drop_per_class
 from .progress import ProgressCallback, make_progress
 from .storage import atomic_write_text, load_checkpoint

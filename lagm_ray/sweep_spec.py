@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
-from .config import Config, flatten, load_config
+from .config import flatten, parse_override
 from .errors import ConfigError
+from .methods import Config, load_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "int")
@@ -156,8 +157,6 @@ def load_sweep(path: str | Path, quick: bool = False, overrides: dict[str, Any] 
         raise ConfigError(f"{source}: base config {raw.get('base')!r} not found (looked at {base_path})")
     all_overrides = {**mapping("overrides"), **(mapping("quick") if quick else {})}
     if isinstance(overrides, list):
-        from .config import parse_override
-
         overrides = dict(parse_override(o) for o in overrides)
     all_overrides.update(overrides or {})
     try:

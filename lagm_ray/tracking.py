@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .callbacks import Callback, TrainResult, is_interruption
-from .config import Config
+from .methods import Config
 from .storage import atomic_write_text, code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import gm
 from .callbacks import Callback, TrainResult
-from .config import Config, resolve_device
+from .config import resolve_device
 from .data.datasets import LabelledSplits, load_labelled_splits
 from .errors import ConfigError
 from .evaluation import annotator_confusion, picture_grid, segmentor_confusion
@@ -36,6 +36,7 @@ from .metrics import drop_per_class, summarize
 from .models.annotator import FPNAnnotator
 from .models.segmentors import (
     UnknownBlockError,
+    blocks_of_kind,
     build_segmentor,
     load_torchvision_weights,
     select_matched_parameters,
@@ -64,21 +65,36 @@ def make_optimizer(params: Iterable[nn.Parameter], o) -> torch.optim.Optimizer:
 
 class Trainer:
     """LAGM and supervised-only. Subclasses (the baselines) keep the loop, evaluation, checkpoints and
-    callbacks, and override the hooks: ``METHODS``, ``uses_generator``, ``new_annotator``, ``build``, ``method_step``,
+    callbacks, and override the hooks: ``uses_generator``, ``new_annotator``, ``build``, ``method_step``,
     ``total_steps``, ``method_state`` / ``load_method_state``. A subclass that labels generated images
     sets ``self.annotator`` (features -> logits) and ``self.feature_index``, and gets the annotator-vs-truth
-    metrics, the pictures and the downstream protocol for free."""
+    metrics, the pictures and the downstream protocol for free.
 
-    METHODS: tuple[str, ...] = ("lagm", "supervised")
+    A subclass with settings of its own names its config section (``section``, the top-level key), its
+    pydantic dataclass (``Settings``) and extends ``check``; lagm_ray.methods registers it under a method name.
+    ``cfg`` is a lagm_ray.methods.Config (not imported here: that module imports this one)."""
 
-    def __init__(self, cfg: Config, *, device: torch.device | str | None = None, rank: int = 0,
+    section: str | None = None  # lagm and supervised read only the shared sections
+    Settings: type | None = None
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Checks across sections when this class runs ``cfg`` (after each section checked its own keys);
+        raises ConfigError naming the key. Subclasses add theirs after ``super().check(cfg)``."""
+        try:
+            valid_blocks = blocks_of_kind(cfg.segmentor.kind)
+        except ValueError as e:
+            raise ConfigError(f"segmentor.kind: {e}") from None
+        bad = [b for b in cfg.train.matched_blocks if b not in valid_blocks]
+        if bad:
+            raise ConfigError(f"train.matched_blocks unknown block {bad[0]!r} for {cfg.segmentor.kind}; "
+                              f"valid blocks: {', '.join(valid_blocks)}")
+
+    def __init__(self, cfg: Any, *, device: torch.device | str | None = None, rank: int = 0,
                  grad_sync: Callable[[Sequence[nn.Parameter]], None] | None = None,
                  splits: LabelledSplits | None = None, source: SyntheticSource | None = None):
         self.cfg = cfg
         t = cfg.train
-        if t.method not in self.METHODS:
-            raise ConfigError(f"train.method {t.method!r} is not run by {type(self).__name__}; "
-                              "build trainers with lagm_ray.methods.build_trainer(cfg)")
         self.device = torch.device(device) if device is not None else resolve_device(cfg.run.device)
         self.rank = rank
         self.grad_sync = grad_sync
@@ -138,7 +154,7 @@ class Trainer:
         return self.cfg.train.steps
 
     @classmethod
-    def new_annotator(cls, cfg: Config, source: SyntheticSource, feature_index: Sequence[int],
+    def new_annotator(cls, cfg: Any, source: SyntheticSource, feature_index: Sequence[int],
                       num_classes: int) -> nn.Module | None:
         """The method's annotator (generator features -> logits), untrained; None if it has none.
         `lagm generate` rebuilds a run's annotator through this before loading its weights."""

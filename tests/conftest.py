@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from lagm_ray.callbacks import Callback
-from lagm_ray.config import load_config
 from lagm_ray.data.toyworld import get_category
+from lagm_ray.methods import load_config
 from lagm_ray.models.generator import Generator
 from lagm_ray.storage import save_checkpoint
 from lagm_ray.synthetic import GENERATOR_FORMAT

@@ -17,11 +17,12 @@ import torch
 from conftest import load_experiment
 from PIL import Image
 
-from lagm_ray.config import DataConfig, load_config
+from lagm_ray.config import DataConfig
 from lagm_ray.data import celebamask
 from lagm_ray.data.celebamask import CLASS_NAMES, image_path, mask_path
 from lagm_ray.data.datasets import load_labelled_splits
 from lagm_ray.errors import ConfigError, DataError
+from lagm_ray.methods import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG, MSK = 32, 16

@@ -18,7 +18,7 @@ import torch
 from conftest import tiny_overrides
 
 from lagm_ray import datagen as dg
-from lagm_ray.config import load_config
+from lagm_ray.methods import load_config
 from lagm_ray.storage import save_checkpoint, sha256_file
 from lagm_ray.trainer import BEST_FORMAT, Trainer
 from lagm_ray.viz import to_uint8_image

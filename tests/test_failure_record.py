@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import tiny_overrides
 from mlflow.tracking import MlflowClient
 
-from lagm_ray.config import load_config
+from lagm_ray.methods import load_config
 from lagm_ray.methods import build_trainer
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from torch.func import functional_call
 
 from lagm_ray.models.annotator import FPNAnnotator
 from lagm_ray.models.generator import Generator
-from lagm_ray.models.shapes import assert_shape
 from lagm_ray.models.segmentors import build_segmentor, resnet
+from lagm_ray.models.shapes import assert_shape
 
 Z, W = 8, 16
 

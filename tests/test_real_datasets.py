@@ -11,12 +11,13 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from lagm_ray.config import DataConfig, load_config
+from lagm_ray.config import DataConfig
 from lagm_ray.data import cgpart
 from lagm_ray.data import datasetgan_sets as dg
 from lagm_ray.data import pascal_part as pp
 from lagm_ray.data.datasets import load_labelled_splits, real_dataset_module
 from lagm_ray.errors import ConfigError, DataError
+from lagm_ray.methods import load_config
 
 # ---------------------------------------------------------------------------------------------
 # Writers for the on-disk formats

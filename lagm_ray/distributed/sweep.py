@@ -26,8 +26,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from ..callbacks import Callback
-from ..config import Config
-from ..methods import build_trainer
+from ..methods import Config, build_trainer
 from ..report import write_report
 from ..storage import atomic_write_text
 from ..sweep_spec import SweepSpec

@@ -32,8 +32,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from ..callbacks import Callback
-from ..config import Config, from_dict
-from ..methods import build_trainer
+from ..methods import Config, build_trainer, from_dict
 from ..metrics import drop_per_class
 from ..storage import load_checkpoint, save_checkpoint
 from ..sweep_spec import Resources

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..callbacks import Callback
-from ..config import Config
+from ..methods import Config
 from ..sweep_spec import Resources
 
 

@@ -15,13 +15,17 @@ mean-probability argmax; the set itself uses the majority vote (they differ only
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import field
+from typing import Annotated, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ..config import Widths, config_section
 from ..data.datasets import resize_labels
+from ..errors import ConfigError
 from .generated_set import LabelThenDistill
 from .pixel_features import (
     ANNOTATED_SEED,
@@ -30,6 +34,31 @@ from .pixel_features import (
     label_in_chunks,
     stratified_pixels,
 )
+
+
+@config_section
+class DatasetGANSettings:
+    """DatasetGAN (Zhang et al., CVPR 2021), Section 3. The style interpreter reads the blocks that
+    annotator.feature_resolutions names (every block when empty, as the paper) at the finest one's resolution."""
+
+    num_classifiers: Annotated[int, Field(ge=1)] = 10  # N, the ensemble size (Sec. 3.2: "N = 10 in our paper")
+    hidden: Widths = field(default_factory=lambda: [128, 32])  # release pixel_classifier, < 32 classes
+    lr: Annotated[float, Field(gt=0)] = 1.0e-3  # release: Adam, lr 0.001
+    # pixels per member per step (release batch_size)
+    pixel_batch_size: Annotated[int, Field(ge=2, description="BatchNorm")] = 64
+    # Pixels sampled per annotated image for each member's pool, every labelled region included
+    # (Sec. 3.2); each member gets its own sample ("to amortize the effect of random sampling").
+    pixels_per_image: Annotated[int, Field(ge=1)] = 2048
+    # Steps 1..labeller_steps of train.steps train the ensemble, the rest the segmentor. The release
+    # trains each member for a few epochs of every annotated pixel with early stopping; 10k batches of
+    # 64 is ~30 passes over a 10-image pool of 2048 pixels each.
+    labeller_steps: Annotated[int, Field(ge=1)] = 10_000
+    set_size: Annotated[int, Field(ge=1)] = 10_000  # generated images labelled by the ensemble (Sec. 3.3, Table 3)
+    # the most uncertain (summed JS divergence) images dropped (Sec. 3.3, Table 4)
+    filter_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.10
+    # pixels labelled at once: memory ~ chunk_pixels * feature channels
+    chunk_pixels: Annotated[int, Field(ge=1)] = 16_384
+    generate_batch_size: Annotated[int, Field(ge=1)] = 16  # generator batch while building the set
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -101,7 +130,14 @@ class StyleInterpreter(nn.Module):
 
 
 class DatasetGANTrainer(LabelThenDistill):
-    METHODS = ("datasetgan",)
+    section, Settings = "datasetgan", DatasetGANSettings
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)  # labeller_steps < train.steps
+        g = cfg.datasetgan
+        if int(g.set_size * (1 - g.filter_ratio)) < 1:
+            raise ConfigError("datasetgan.set_size keeps no image after filtering")
 
     def build(self) -> None:
         g, cfg = self.cfg.datasetgan, self.cfg

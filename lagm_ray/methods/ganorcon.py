@@ -15,16 +15,72 @@ renders (with the real splits' sensor noise), or a real dataset's ``load_unlabel
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import field
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool, model_validator
 from torch import nn
 
+from ..config import Widths, config_section, invalid
 from ..data.datasets import real_dataset_module
 from ..errors import ConfigError
 from ..models.segmentors import ResNet, resnet
 from ..trainer import Trainer
+
+
+@config_section
+class GANORCONSettings:
+    """GANORCON (Saha et al., CVPR 2022), Section 3: MoCo v2 on unlabelled real images, hypercolumns,
+    a projector trained on the few labelled images, optional distillation. The budget train.steps is
+    split: steps 1..pretrain_steps MoCo, the next projector_steps the projector, the rest distillation
+    (distill: true) or more projector training (distill: false)."""
+
+    # MoCo stage; the paper counts 800 epochs, here a share of the 150k default
+    pretrain_steps: Annotated[int, Field(ge=0)] = 100_000
+    # projector stage when distilling (the paper: 800 MLP / 200 CONV epochs)
+    projector_steps: Annotated[int, Field(ge=0)] = 25_000
+    distill: StrictBool = True  # Step III; Table 1's best entry is "CONV + distill"
+    # f_CON: a ResNet trunk (paper: ResNet-50 at torchvision width 64)
+    encoder_depth: Literal[18, 34, 50, 101] = 50
+    encoder_width: Annotated[int, Field(ge=1)] = 64
+    # MoCo v2 (App. D): SGD lr 0.03, momentum 0.9, wd 1e-4, cosine; T = 0.2; batch 32 (Sec. 4);
+    # queue 65536, key momentum 0.999 and a 2-layer MLP head to 128-d are MoCo v2's own defaults.
+    moco_lr: Annotated[float, Field(gt=0)] = 0.03
+    moco_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    moco_weight_decay: Annotated[float, Field(ge=0)] = 1.0e-4
+    moco_batch_size: Annotated[int, Field(ge=2, description="BatchNorm")] = 32
+    moco_temperature: Annotated[float, Field(gt=0)] = 0.2
+    moco_queue: int = 65_536
+    moco_key_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    moco_dim: Annotated[int, Field(ge=1)] = 128
+    moco_crop_scale_min: Annotated[float, Field(gt=0, le=1)] = 0.2  # MoCo v2's RandomResizedCrop(scale=(0.2, 1))
+    # Step II: the projector on hypercolumns of conv2_x..conv5_x, upsampled bilinearly to the input size
+    projector: Literal["mlp", "conv"] = "conv"  # CONV beats MLP in Table 2
+    # Adam, cosine; None = the paper's 1e-3 (MLP) or 5e-4 (CONV)
+    projector_lr: Annotated[float, Field(gt=0)] | None = None
+    mlp_hidden: Widths = field(default_factory=lambda: [1024, 256])  # App. B
+    # CONV (App. B Model-A): encoder widths, one max-pool between levels; the decoder mirrors them.
+    conv_channels: Widths = field(default_factory=lambda: [1024, 256, 256, 256, 256, 512])
+    conv_out: Annotated[int, Field(ge=1)] = 256  # last ConvBNReLU before the per-pixel linear classifier (App. B)
+    # the paper sets ResNet's first conv stride 2 -> 1 when extracting hypercolumns
+    conv1_stride: Annotated[Literal[1, 2], Field(description="1 = the paper, 2 = ResNet's own")] = 1
+    projector_augment: StrictBool = True  # random resized crop, flip, colour jitter (Sec. 4)
+    # not given in the paper; milder than MoCo's 0.2 for few labels
+    projector_crop_scale_min: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # Step III (Sec. 4): batch 8, lr from train.segmentor_optim (paper: 1e-3) on unlabelled real images
+    distill_batch_size: Annotated[int, Field(ge=2, description="BatchNorm")] = 8
+    # Real datasets: how many unlabelled images load_unlabelled reads (the embedded world streams fresh renders)
+    num_unlabelled: Annotated[int, Field(ge=1)] = 10_000
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> GANORCONSettings:
+        if self.moco_queue < self.moco_batch_size:
+            raise invalid("moco_queue", f"must hold at least one batch of keys (moco_batch_size "
+                                        f"{self.moco_batch_size}), got {self.moco_queue}")
+        return self
+
 
 # ------------------------------------------------------------------------------ MoCo v2
 
@@ -290,7 +346,15 @@ class GANORCONTrainer(Trainer):
     """``train.method: ganorcon``. ``self.segmentor`` is encoder+projector without distillation, else the
     configured segmentor (the student), so the common evaluation scores the network the paper would use."""
 
-    METHODS = ("ganorcon",)
+    section, Settings = "ganorcon", GANORCONSettings
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        g = cfg.ganorcon
+        if g.pretrain_steps + (g.projector_steps if g.distill else 0) >= cfg.train.steps:
+            raise ConfigError("ganorcon.pretrain_steps + (projector_steps when distilling) must leave steps for "
+                              f"the last stage of train.steps={cfg.train.steps}")
 
     @property
     def uses_generator(self) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..synthetic import feature_select, to_size
 from ..trainer import Trainer
 from .pixel_features import images_from_uint8, images_to_uint8
@@ -40,27 +41,35 @@ class LabelThenDistill(Trainer):
 
     generated: GeneratedSet | None = None
 
-    # The stage keys live in the method's own config section (named like the method): labeller_steps,
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        labeller, steps = getattr(cfg, cls.section).labeller_steps, cfg.train.steps
+        if labeller >= steps:
+            raise ConfigError(f"{cls.section}.labeller_steps must be below train.steps ({steps}): the steps after "
+                              "it train the segmentor")
+
+    # The stage keys live in the method's own config section (the subclass's ``section``): labeller_steps,
     # set_size, generate_batch_size and, where the method filters, filter_ratio.
     @property
-    def section(self) -> Any:
-        return getattr(self.cfg, self.cfg.train.method)
+    def settings(self) -> Any:
+        return getattr(self.cfg, self.section)
 
     @property
     def labeller_steps(self) -> int:
-        return self.section.labeller_steps
+        return self.settings.labeller_steps
 
     @property
     def set_size(self) -> int:
-        return self.section.set_size
+        return self.settings.set_size
 
     @property
     def generate_batch_size(self) -> int:
-        return self.section.generate_batch_size
+        return self.settings.generate_batch_size
 
     @property
     def filter_ratio(self) -> float:
-        return getattr(self.section, "filter_ratio", 0.0)
+        return getattr(self.settings, "filter_ratio", 0.0)
 
     def labeller_step(self) -> dict[str, float]:
         raise NotImplementedError

@@ -14,14 +14,17 @@ initialised segmentor (the one evaluated) on a frozen annotator's labels, so the
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
 from .. import gm
+from ..config import config_section, invalid
+from ..errors import ConfigError
 from ..models.annotator import FPNAnnotator
 from ..synthetic import feature_select, to_size
 from ..trainer import Trainer, make_optimizer
@@ -38,6 +41,17 @@ def stage_steps(steps: int, fractions: Sequence[float]) -> list[int]:
     return counts + [steps - sum(counts)]
 
 
+Fraction = Annotated[float, Field(gt=0, lt=1)]  # a stage's share of train.steps
+
+
+def check_stages(section: str, fractions: dict[str, float], steps: int) -> None:
+    """Every stage of train.steps, split by ``fractions`` (the section's keys -> values), gets a step."""
+    counts = stage_steps(steps, list(fractions.values()))
+    if min(counts) < 1:
+        raise ConfigError(f"{section}.{'/'.join(fractions)} leave a stage of train.steps={steps} without steps "
+                          f"(stages: {counts}); raise train.steps or change the fractions")
+
+
 def logits_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Annotator logits at the labels' resolution (labels must stay labels, logits may be resampled)."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -47,8 +61,6 @@ def logits_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 class AnnotatorBaseline(Trainer):
     """LAGM's FPN annotator (same features, width, optimiser) and the pieces the baselines share."""
-
-    METHODS: tuple[str, ...] = ()
 
     @classmethod
     def new_annotator(cls, cfg, source, feature_index, num_classes) -> nn.Module:
@@ -84,10 +96,40 @@ def supervised_step(net: nn.Module, opt: torch.optim.Optimizer, images: torch.Te
 # ---------------------------------------------------------------------------------------------- pseudo_label
 
 
+@config_section
+class PseudoLabelSettings:
+    """LAGM Appendix C, Table C.6: (i) a teacher segmentor learns from the labelled images, (ii) the
+    annotator learns from the teacher's labels of generated images, (iii) the segmentor learns from
+    annotator-labelled generated images. The paper gives no stage lengths: train.steps is split in thirds."""
+
+    teacher_fraction: Fraction = 1 / 3  # share of train.steps for stage (i) (paper: not given)
+    annotator_fraction: Fraction = 1 / 3  # share for stage (ii); stage (iii) gets the rest (paper: not given)
+    # BN statistics of the teacher when it labels generated images (paper: not given). "batch" normalises
+    # with the generated batch's own statistics (the reference code runs S in train mode throughout), which
+    # bridges the real -> generated shift: on the quickstart faces its labels score 9.7% FG-mIoU against the
+    # true masks vs 4.0% with "running" (the real images' running statistics, i.e. eval mode).
+    teacher_bn: Literal["batch", "running"] = "batch"
+
+    @model_validator(mode="after")
+    def _segmentor_stage_remains(self) -> PseudoLabelSettings:
+        total = self.teacher_fraction + self.annotator_fraction
+        if total >= 1:
+            raise invalid("teacher_fraction + annotator_fraction", "must sum to less than 1 (the segmentor's "
+                          f"stage gets the rest), got {total:g}")
+        return self
+
+
 class PseudoLabelTrainer(AnnotatorBaseline):
     """Table C.6: teacher segmentor -> pseudo labels of generated images -> annotator -> segmentor."""
 
-    METHODS = ("pseudo_label",)
+    section, Settings = "pseudo_label", PseudoLabelSettings
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        p = cfg.pseudo_label
+        check_stages("pseudo_label", {"teacher_fraction": p.teacher_fraction,
+                                      "annotator_fraction": p.annotator_fraction}, cfg.train.steps)
 
     def build(self) -> None:
         super().build()
@@ -129,6 +171,25 @@ class PseudoLabelTrainer(AnnotatorBaseline):
 
 
 # ---------------------------------------------------------------------------------------------- inversion
+
+
+@config_section
+class InversionSettings:
+    """LAGM Appendix C, Table C.5: project the labelled images into the generator (the StyleGAN2-ADA
+    projector of Karras et al. 2020b), train the annotator on the projections' features with the real
+    masks, then the segmentor on annotator-labelled generated images."""
+
+    space: Literal["w", "w+"] = "w"  # projector.py optimises one w for every layer; "w+" one per layer
+    projection_steps: Annotated[int, Field(ge=1)] = 1000  # projector.py's num_steps; not counted in train.steps
+    # projector.py's initial_learning_rate (Adam, ramped up then cosine down)
+    projection_lr: Annotated[float, Field(gt=0)] = 0.1
+    # projector.py's initial_noise_factor: w jitter, x std of w, fades out
+    projection_noise: Annotated[float, Field(ge=0)] = 0.05
+    w_avg_samples: Annotated[int, Field(ge=2)] = 10_000  # projector.py: samples that estimate the mean and spread of w
+    # images projected together (independent latents; bounds memory)
+    projection_batch_size: Annotated[int, Field(ge=1)] = 16
+    # share of train.steps for the annotator, the rest the segmentor (paper: not given)
+    annotator_fraction: Fraction = 0.5
 
 
 def w_statistics(G: nn.Module, n: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -181,7 +242,12 @@ def reconstruction_mse(G: nn.Module, ws: torch.Tensor, targets: torch.Tensor, no
 class InversionTrainer(AnnotatorBaseline):
     """Table C.5: the labelled images' projections give generator features for the real masks."""
 
-    METHODS = ("inversion",)
+    section, Settings = "inversion", InversionSettings
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        check_stages("inversion", {"annotator_fraction": cfg.inversion.annotator_fraction}, cfg.train.steps)
 
     def build(self) -> None:
         super().build()
@@ -238,6 +304,18 @@ class InversionTrainer(AnnotatorBaseline):
 # ---------------------------------------------------------------------------------------------- maml
 
 
+@config_section
+class MAMLSettings:
+    """LAGM Appendix C, Algorithm 2 and Table C.7: the annotator learns through K unrolled SGD steps of
+    the segmentor on its labels, scored by the labelled loss; the segmentor then steps as in LAGM."""
+
+    # Algorithm 2's K (inner-loop steps). Not train.K, which keeps Algorithm 1's meaning (segmentor
+    # updated every train.K annotator steps; Algorithm 2 is train.K = 1). Table C.7 runs 1 and 2.
+    unroll_steps: Annotated[int, Field(ge=1)] = 1
+    # Algorithm 2's eta_i; "we use eta_i = 0.1 in MAML for all experiments"
+    inner_lr: Annotated[float, Field(gt=0)] = 0.1
+
+
 def maml_meta_loss(segmentor: nn.Module, annotator: nn.Module, syn_images: torch.Tensor,
                    features: Sequence[torch.Tensor], images: torch.Tensor, masks: torch.Tensor,
                    inner_lr: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +345,7 @@ class MAMLTrainer(AnnotatorBaseline):
     """Algorithm 2 (K-step MAML). theta' is a throw-away copy; theta itself then takes LAGM's segmentor step
     on a fresh synthetic batch (every train.K steps, Algorithm 2 being train.K = 1)."""
 
-    METHODS = ("maml",)
+    section, Settings = "maml", MAMLSettings
 
     def method_step(self) -> dict[str, float]:
         m = self.cfg.maml

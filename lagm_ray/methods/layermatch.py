@@ -20,12 +20,15 @@ is); each through conv3x3-BN-ReLU-conv1x1 to the block's channels and a bilinear
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import field
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from ..config import config_section
 from ..data.datasets import resize_labels
 from ..errors import ConfigError
 from ..evaluation import annotator_labels
@@ -33,6 +36,31 @@ from ..models.generator import SynthesisNetwork, upsample2d
 from ..models.segmentors import DeepLabV3, UNet
 from ..synthetic import feature_index, to_size
 from ..trainer import Trainer, make_optimizer
+
+
+@config_section
+class LayerMatchSettings:
+    """LayerMatch (Galeev et al., "Learning high-resolution domain-specific representations with a GAN
+    generator"), Sections 2-3. mode "decoder": Algorithm 1 (semantic projection decoder on annotated
+    generated images, steps 1..decoder_steps) then Algorithm 2 (segmentor on generated images it labels).
+    mode "pretrain": Algorithm 3 (LayerMatch pre-training of the segmentor's encoder, steps
+    1..pretrain_steps) then fine-tuning the whole segmentor on the real labelled images."""
+
+    mode: Literal["decoder", "pretrain"] = "pretrain"  # Sec. 3-4 is the paper's main proposal
+    # decoder mode (Sec. 2.2): 32 feature maps, CBlock = dropout 0.5 + conv + BN; optimiser train.annotator_optim
+    decoder_steps: Annotated[int, Field(ge=0)] = 5_000  # not given in the paper; a share of the budget
+    decoder_width: Annotated[int, Field(ge=1)] = 32
+    decoder_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    annotation_seed: int = 424_242  # the seeded "annotated generated images" (data.num_labelled of them)
+    # pretrain mode (Sec. 3.1, 4): Adam lr 1e-4 with cosine decay; L = L_rec + L_match (Eq. 1)
+    pretrain_steps: Annotated[int, Field(ge=0)] = 100_000  # not given in the paper; a share of the 150k default
+    pretrain_lr: Annotated[float, Field(gt=0)] = 1.0e-4
+    pretrain_batch_size: Annotated[int, Field(ge=2, description="BatchNorm")] = 8  # not given in the paper
+    match_resolutions: list[int] = field(default_factory=list)  # generator blocks to predict; empty = all
+    rec_weight: Annotated[float, Field(ge=0)] = 1.0  # Eq. 1 adds L_rec and L_match with weight 1
+    # "sum" = Eqs. 2 and 4 as written (squared L2 norms, batch mean); "mean" = per-element mean (MSE)
+    reduction: Literal["sum", "mean"] = "sum"
+
 
 # ------------------------------------------------------------------------------ mode "decoder"
 
@@ -181,7 +209,16 @@ def cosine_lr(base: float, t: int, total: int) -> float:
 class LayerMatchTrainer(Trainer):
     """``train.method: layermatch``; ``layermatch.mode`` picks Algorithms 1-2 or Algorithm 3."""
 
-    METHODS = ("layermatch",)
+    section, Settings = "layermatch", LayerMatchSettings
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        lm = cfg.layermatch
+        stage = "decoder_steps" if lm.mode == "decoder" else "pretrain_steps"
+        if getattr(lm, stage) >= cfg.train.steps:
+            raise ConfigError(f"layermatch.{stage} must leave steps for the second stage of "
+                              f"train.steps={cfg.train.steps}")
 
     def build(self) -> None:
         if self.cfg.layermatch.mode == "decoder":

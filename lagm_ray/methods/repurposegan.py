@@ -15,12 +15,15 @@ as in the paper's own comparison, the network evaluated on real images is the au
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import field
+from typing import Annotated, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field, StrictBool, model_validator
 from torch import nn
 
+from ..config import Widths, config_section, invalid
 from ..data.datasets import resize_labels
 from ..errors import ConfigError
 from .generated_set import LabelThenDistill
@@ -28,6 +31,63 @@ from .pixel_features import ANNOTATED_SEED, annotated_generated, label_in_chunks
 
 # Table 7's groups of StyleGAN layers, by the resolution of their activations.
 LAYER_GROUPS = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, 1 << 30)}
+
+
+def _distinct(groups: list[str]) -> list[str]:
+    if len(set(groups)) != len(groups):
+        raise ValueError(f"must name distinct groups among {', '.join(LAYER_GROUPS)}")
+    return groups
+
+
+LayerGroups = Annotated[list[Literal["coarse", "middle", "fine"]], Field(min_length=1), AfterValidator(_distinct)]
+
+
+def _scale_range(r: list[float]) -> list[float]:
+    if not (len(r) == 2 and 0 < r[0] <= r[1]):
+        raise ValueError("must be [low, high] with 0 < low <= high")
+    return r
+
+
+@config_section
+class RepurposeGANSettings:
+    """RepurposeGAN (Tritrong et al., CVPR 2021), Section 3; sizes from Sec. 4."""
+
+    model: Literal["cnn", "mlp"] = "cnn"  # the few-shot segmenter (Sec. 4.2); Table 2 and Fig. 5 use the CNN
+    # Generator blocks by resolution (Table 7): coarse 4-8 px, middle 16-32 px, fine 64 px and up.
+    # Sec. 4.1 uses every layer but the image's; here "fine" includes the last block (64 px on the toy world).
+    layer_groups: LayerGroups = field(default_factory=lambda: ["coarse", "middle", "fine"])
+    cnn_embed: Annotated[int, Field(ge=1)] = 128  # 1x1 conv reducing the pixel features (Sec. 4.2: 5,056 -> 128)
+    cnn_channels: Widths = field(default_factory=lambda: [64, 64, 64, 64, 64, 64, 32])  # then the classes
+    cnn_dilations: Widths = field(default_factory=lambda: [2, 4, 8, 1, 2, 4, 8, 1])  # one per 3x3 conv
+    mlp_hidden: Widths = field(default_factory=lambda: [2000, 200])  # Sec. 4.2
+    lr: Annotated[float, Field(gt=0)] = 1.0e-3  # Adam (Sec. 4.2)
+    weight_decay: Annotated[float, Field(ge=0)] = 1.0e-3  # Sec. 4.2
+    # lr x 0.1 every 50 epochs over the annotated images (Sec. 4.2)
+    lr_decay_epochs: Annotated[int, Field(ge=1)] = 50
+    # annotated images per step; 0 = all (one step = one epoch)
+    fewshot_batch_size: Annotated[int, Field(ge=0, description="0 = all annotated images")] = 0
+    # Steps 1..labeller_steps of train.steps train the few-shot segmenter (Sec. 4.2: 1,000 epochs), the
+    # rest the auto-shot segmenter.
+    labeller_steps: Annotated[int, Field(ge=1)] = 1_000
+    set_size: Annotated[int, Field(ge=1)] = 5_000  # generated images for the auto-shot segmenter (Sec. 4.1)
+    target: Literal["soft", "hard"] = "soft"  # Sec. 3.3 keeps the few-shot logits, not the argmax
+    # Geometric augmentation of the generated set, the same warp for image and target (Sec. 4.3).
+    augment: StrictBool = True
+    flip_prob: Annotated[float, Field(ge=0, le=1)] = 0.5  # random horizontal flips
+    # random scales
+    scale_range: Annotated[list[float], AfterValidator(_scale_range)] = field(default_factory=lambda: [0.5, 2.0])
+    rotate_degrees: Annotated[float, Field(ge=0, le=180)] = 10.0  # random rotations in [-10, 10] degrees
+    translate: Annotated[float, Field(ge=0, le=1)] = 0.5  # random shifts up to 50% of the image size
+    # pixels embedded at once: memory ~ chunk_pixels * feature channels
+    chunk_pixels: Annotated[int, Field(ge=1)] = 16_384
+    generate_batch_size: Annotated[int, Field(ge=1)] = 16  # generator batch while building the set
+
+    @model_validator(mode="after")
+    def _one_dilation_per_conv(self) -> RepurposeGANSettings:
+        if len(self.cnn_dilations) != len(self.cnn_channels) + 1:
+            raise invalid("cnn_dilations", f"needs one dilation per conv: len(cnn_channels) + 1 = "
+                                           f"{len(self.cnn_channels) + 1}, got {len(self.cnn_dilations)}")
+        return self
 
 
 def layer_group(resolution: int) -> str:
@@ -105,7 +165,7 @@ def warp(images: torch.Tensor, targets: torch.Tensor, theta: torch.Tensor, soft:
 
 
 class RepurposeGANTrainer(LabelThenDistill):
-    METHODS = ("repurposegan",)
+    section, Settings = "repurposegan", RepurposeGANSettings  # LabelThenDistill.check: labeller_steps
 
     def build(self) -> None:
         r, cfg = self.cfg.repurposegan, self.cfg

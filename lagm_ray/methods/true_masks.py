@@ -18,8 +18,6 @@ from ..trainer import Trainer
 
 
 class TrueMasksTrainer(Trainer):
-    METHODS = ("true_masks",)
-
     def build(self) -> None:
         if not self.source.has_true_masks:
             raise ConfigError(f"train.method true_masks needs a generator with exact masks (the embedded "
