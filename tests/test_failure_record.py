@@ -14,8 +14,7 @@ import pytest
 from conftest import tiny_overrides
 from mlflow.tracking import MlflowClient
 
-from lagm_ray.methods import load_config
-from lagm_ray.methods import build_trainer
+from lagm_ray.methods import build_trainer, load_config
 
 pytestmark = pytest.mark.slow
 STEPS = 120

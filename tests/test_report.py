@@ -7,8 +7,8 @@ import pytest
 from conftest import load_experiment
 
 from lagm_ray.errors import ConfigError
-from lagm_ray.sweep_command import SEARCH_SPACES
 from lagm_ray.report import plot_seed_bars, seed_summary, seed_summary_markdown
+from lagm_ray.sweep_command import SEARCH_SPACES
 from lagm_ray.sweep_spec import load_sweep
 
 
