@@ -246,7 +246,7 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
             if set_:
                 cfg = cfg.replace(dict(parse_override(o) for o in set_), source="--set")
         if ray:
-            from .distributed.datagen import downstream_from_shards
+            from .distributed.generate import downstream_from_shards
         else:
             from .datagen import downstream_from_shards
         metrics = downstream_from_shards(shards, cfg)

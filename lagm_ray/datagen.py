@@ -1,7 +1,7 @@
 """Labelled synthetic datasets from a learned annotator, as parquet shards (`lagm generate`).
 
 Users train downstream segmentors on large generated sets (Table 1's downstream protocol, DatasetGAN's).
-This is the pure-torch core: no Ray and no MLflow (those are :mod:`lagm_ray.distributed.datagen` and
+This is the pure-torch core: no Ray and no MLflow (those are :mod:`lagm_ray.distributed.generate` and
 :mod:`lagm_ray.tracking`). A dataset directory holds::
 
     DIR/_manifest.json        identity, schema, class names, shards with row counts and sha256, filtering
@@ -665,7 +665,7 @@ def generate_local(annotator: str | os.PathLike | AnnotatorInfo, out: str | os.P
                    device: str = "cpu", on_shard: Callable[[Plan, dict[str, Any]], None] | None = None,
                    warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Generate in this process, without Ray (small sets, debugging, tests); returns the manifest.
-    The Ray layer (:func:`lagm_ray.distributed.datagen.generate_dataset`) writes the same files."""
+    The Ray layer (:func:`lagm_ray.distributed.generate.generate_dataset`) writes the same files."""
     info = annotator if isinstance(annotator, AnnotatorInfo) else describe_annotator(annotator, spec.truncation_psi)
     with plan(out, info, spec, warn=warn) as p:
         if p.missing:
@@ -847,7 +847,7 @@ def downstream_from_shards(directory: str | os.PathLike, config=None,
                            reader: Callable[[ShardDataset, int], tuple[torch.Tensor, torch.Tensor]] | None = None
                            ) -> dict[str, float]:
     """The downstream protocol on a shard directory (``reader``: :func:`load_tensors` by default, or the
-    Ray Data reader of :mod:`lagm_ray.distributed.datagen`)."""
+    Ray Data reader of :mod:`lagm_ray.distributed.generate`)."""
     ds = open_dataset(directory)
     cfg = downstream_config(ds, config)
     check_classes(ds.directory / MANIFEST, ds.class_names, _config_classes(cfg),

@@ -140,7 +140,7 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
         if local:
             manifest = generate_local(annotator, out, spec, on_shard=on_shard, warn=warn)
         else:
-            from .distributed.datagen import (
+            from .distributed.generate import (
                 generate_dataset,  # imports Ray: only generation on a cluster needs it
             )
 

@@ -322,7 +322,7 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
 def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
     """read_parquet -> decode in map_batches -> iter_torch_batches gives the pure reader's tensors, so the
     downstream segmentor it trains is the same one."""
-    from lagm_ray.distributed import datagen as rdg
+    from lagm_ray.distributed import generate as rdg
 
     cfg = tiny_run[1]
     fed = []
