@@ -236,7 +236,8 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
     """Table 1's downstream protocol on a shard directory: a fresh segmentor trained on the shards alone,
     scored on the config's real test split at its best validation epoch."""
     from .config import parse_override
-    from .datagen import DatasetError, downstream_config, open_dataset
+    from .datagen import DatasetError, open_dataset
+    from .downstream import downstream_config
 
     try:
         if config is not None:
@@ -248,7 +249,7 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
         if ray:
             from .distributed.generate import downstream_from_shards
         else:
-            from .datagen import downstream_from_shards
+            from .downstream import downstream_from_shards
         metrics = downstream_from_shards(shards, cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as e:
         fail(str(e))

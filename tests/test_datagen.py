@@ -19,6 +19,7 @@ from conftest import tiny_overrides
 
 from lagm_ray import datagen as dg
 from lagm_ray.config import load_config
+from lagm_ray.downstream import downstream_from_shards, downstream_metrics
 from lagm_ray.storage import save_checkpoint, sha256_file
 from lagm_ray.trainer import BEST_FORMAT, Trainer
 from lagm_ray.viz import to_uint8_image
@@ -261,7 +262,7 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
         dg.open_dataset(out, class_names=5)
     car = tiny_run[1].replace({"data.category": "car"})
     with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
-        dg.downstream_from_shards(out, car)
+        downstream_from_shards(out, car)
 
     m = manifest(out)
     m["status"] = "incomplete"
@@ -299,10 +300,10 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
     """Same seeds, same mIoU, exactly: the shard round trip (PNG, parquet, decoding, resizing) loses nothing
     beyond the 8-bit images a dataset stores."""
     best, cfg = tiny_run
-    from_shards = dg.downstream_from_shards(dataset, cfg)
+    from_shards = downstream_from_shards(dataset, cfg)
     samples = dg.generate_samples(dg.load_annotator(best), SPEC)
     images, labels = dg.training_pair(samples, cfg.data.seg_resolution)
-    in_memory = dg.downstream_metrics(cfg, images, labels)
+    in_memory = downstream_metrics(cfg, images, labels)
     assert from_shards == in_memory and "downstream/test/fg_miou" in from_shards
 
     # `lagm downstream DIR` takes the annotator run's config from the manifest.
@@ -331,7 +332,7 @@ def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
         fed.append(rdg.load_tensors(ds, size))
         return fed[-1]
 
-    assert dg.downstream_from_shards(dataset, cfg, reader=ray_reader) == dg.downstream_from_shards(dataset, cfg)
+    assert downstream_from_shards(dataset, cfg, reader=ray_reader) == downstream_from_shards(dataset, cfg)
     images, labels = dg.load_tensors(dataset, cfg.data.seg_resolution)
     assert torch.equal(images, fed[0][0]) and torch.equal(labels, fed[0][1])
     assert images.stride() == fed[0][0].stride()  # the memory layout changes a trained segmentor too

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import datagen as dg
+from .. import downstream
 
 
 class ShardWriter:
@@ -149,4 +150,4 @@ def load_tensors(dataset: dg.ShardDataset | str | os.PathLike, size: int | None 
 
 def downstream_from_shards(directory: str | os.PathLike, config=None) -> dict[str, float]:
     """Table 1's downstream protocol on a shard directory, read through Ray Data."""
-    return dg.downstream_from_shards(directory, config, reader=lambda ds, size: load_tensors(ds, size))
+    return downstream.downstream_from_shards(directory, config, reader=lambda ds, size: load_tensors(ds, size))
