@@ -55,14 +55,12 @@ from .storage import (
     atomic_path,
     atomic_write_text,
     code_version,
-    load_checkpoint,
     sha256_file,
 )
 from .synthetic import (
     SyntheticSource,
     feature_index,
     feature_select,
-    generator_meta,
     resolve_generator_path,
     to_size,
 )
@@ -175,53 +173,6 @@ class AnnotatorInfo:
                               "sha256": self.generator_sha256, "resolution": self.resolution}}
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run directory (its ``best.pt``) or a checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "best.pt").is_file():
-            return path / "best.pt"
-        raise FileNotFoundError(f"{path}: a run directory without best.pt (train it to the end first)")
-    if not path.is_file():
-        raise FileNotFoundError(f"annotator checkpoint not found: {path}")
-    return path
-
-
-def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = None) -> AnnotatorInfo:
-    from .config import from_dict
-    from .errors import ConfigError
-    from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT
-
-    path = resolve_checkpoint(path).resolve()
-    state = load_checkpoint(path)
-    fmt = state.get("format")
-    if fmt not in (BEST_FORMAT, CHECKPOINT_FORMAT):
-        raise ValueError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected a run's best.pt")
-    if state.get("annotator") is None:
-        raise ValueError(f"{path}: holds no annotator (its train.method learns none)")
-    try:
-        cfg = from_dict(state["config"], source=f"{path} (stored config)")
-    except ConfigError as e:
-        raise ValueError(str(e)) from e
-    g = cfg.generator
-    gen_path = resolve_generator_path(g.checkpoint)
-    if not gen_path.is_file():
-        raise FileNotFoundError(f"{path}: its generator {g.checkpoint} is not found at {gen_path}")
-    meta = generator_meta(gen_path)
-    class_names = state.get("class_names") or meta.get("class_names")
-    if not class_names:
-        raise ValueError(f"{path}: no class names in the checkpoint or its generator {gen_path}")
-    if meta.get("class_names") and list(meta["class_names"]) != list(class_names):
-        raise ValueError(f"{path}: its classes {list(class_names)} differ from its generator's "
-                         f"{meta['class_names']} ({gen_path})")
-    psi = float(g.truncation_psi if truncation_psi is None else truncation_psi)
-    return AnnotatorInfo(
-        path=str(path), sha256=sha256_file(path), step=int(state.get("step", 0)), config=state["config"],
-        class_names=tuple(class_names), generator_spec=g.checkpoint, generator_path=str(gen_path.resolve()),
-        generator_sha256=sha256_file(gen_path), resolution=int(cfg.data.resolution),
-        truncation_psi=psi, true_masks=meta.get("world") == "embedded" and psi == 1.0)
-
-
 @dataclass
 class Samples:
     """Generated, labelled images (on the CPU); labels and true masks at the image resolution."""
@@ -245,43 +196,40 @@ class Samples:
         return Samples(*(None if c[0] is None else torch.cat(c) for c in cols))
 
 
+def check_same_file(what: str, file: str | os.PathLike, sha256: str) -> None:
+    """The file an actor (or a resumed run) loads must be the one the generation was planned with."""
+    if sha256_file(file) != sha256:
+        raise DatasetError(f"{file}: this {what} differs from the one the generation was planned with "
+                           f"(sha256 {sha256[:12]}...): is it the same file on every node?")
+
+
+def labelling_source(info: AnnotatorInfo, cfg, device: torch.device | str = "cpu"
+                     ) -> tuple[SyntheticSource, list[int]]:
+    """The annotator run's generator (``cfg``: the run's parsed config), at the resolution its annotator was
+    trained at (synthesis may stop below the generator's), and the indices of the feature blocks it reads."""
+    g = cfg.generator
+    # embedded:<category> resolves to this node's package assets; any other path is taken as given
+    # (shared storage on a cluster). Either way the file must be the one the driver described.
+    spec = g.checkpoint if g.checkpoint.startswith("embedded:") else info.generator_path
+    check_same_file("generator", resolve_generator_path(spec), info.generator_sha256)
+    source = SyntheticSource.from_spec(spec, device, truncation_psi=info.truncation_psi,
+                                       truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode,
+                                       resolution=info.resolution)
+    return source, feature_index(source.block_resolutions, cfg.annotator.feature_resolutions)
+
+
 class Labeller:
-    """The generator and the annotator, loaded once (one per Ray actor): seeds -> :class:`Samples`."""
+    """The generator and the annotator, loaded once (one per Ray actor): seeds -> :class:`Samples`.
+    ``source`` and ``feature_index`` from :func:`labelling_source`; ``annotator`` built and loaded by the
+    caller (:func:`lagm_ray.annotator_runs.load_labeller` rebuilds a run's)."""
 
-    def __init__(self, info: AnnotatorInfo, device: torch.device | str = "cpu"):
-        from .config import from_dict
-        from .methods import trainer_class
-
+    def __init__(self, info: AnnotatorInfo, source: SyntheticSource, feature_index: Sequence[int],
+                 annotator: nn.Module):
         self.info = info
-        self.device = torch.device(device)
-        cfg = from_dict(info.config)
-        g = cfg.generator
-        # embedded:<category> resolves to this node's package assets; any other path is taken as given
-        # (shared storage on a cluster). Either way the file must be the one the driver described.
-        spec = g.checkpoint if g.checkpoint.startswith("embedded:") else info.generator_path
-        gen_file = resolve_generator_path(spec)
-        for what, file, digest in (("generator", gen_file, info.generator_sha256),
-                                   ("annotator checkpoint", info.path, info.sha256)):
-            if sha256_file(file) != digest:
-                raise DatasetError(f"{file}: this {what} differs from the one the generation was planned with "
-                                   f"(sha256 {digest[:12]}...): is it the same file on every node?")
-        # at the resolution the annotator was trained at (synthesis may stop below the generator's)
-        self.source = SyntheticSource.from_spec(spec, self.device, truncation_psi=info.truncation_psi,
-                                                truncation_cutoff=g.truncation_cutoff, noise_mode=g.noise_mode,
-                                                resolution=info.resolution)
-        self.feature_index = feature_index(self.source.block_resolutions, cfg.annotator.feature_resolutions)
-        annotator = trainer_class(cfg.train.method).new_annotator(cfg, self.source, self.feature_index,
-                                                                   info.num_classes)
-        if annotator is None:
-            raise DatasetError(f"{info.path}: `lagm generate` cannot rebuild the annotator of train.method "
-                               f"{cfg.train.method!r} (it rebuilds those of the FPN-annotator methods: lagm, "
-                               "pseudo_label, inversion, maml)")
-        self.annotator: nn.Module = annotator
-        try:
-            self.annotator.load_state_dict(load_checkpoint(info.path)["annotator"])
-        except RuntimeError as e:
-            raise ValueError(f"{info.path}: its annotator does not fit its own config ({e})") from e
-        self.annotator.eval().requires_grad_(False).to(self.device)
+        self.source = source
+        self.device = source.device
+        self.feature_index = list(feature_index)
+        self.annotator = annotator.eval().requires_grad_(False).to(self.device)
 
     @torch.no_grad()
     def __call__(self, seeds: Sequence[int]) -> Samples:
@@ -311,13 +259,6 @@ def uncertainty(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     confidence = p.max(axis=1).reshape(B, -1).mean(axis=1)
     entropy = -(p * logp).sum(axis=1).reshape(B, -1).mean(axis=1)
     return torch.from_numpy(confidence.astype(np.float32)), torch.from_numpy(entropy.astype(np.float32))
-
-
-def load_annotator(path: str | os.PathLike | AnnotatorInfo, device: torch.device | str = "cpu",
-                   truncation_psi: float | None = None) -> Labeller:
-    """A run's annotator and generator from its ``best.pt`` (or the run directory), as the trainer built them."""
-    info = path if isinstance(path, AnnotatorInfo) else describe_annotator(path, truncation_psi)
-    return Labeller(info, device)
 
 
 def generate_samples(labeller: Labeller, spec: GenerationSpec, shards: Sequence[int] | None = None) -> Samples:
@@ -659,24 +600,6 @@ def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
     except BaseException:
         lock.close()
         raise
-
-
-def generate_local(annotator: str | os.PathLike | AnnotatorInfo, out: str | os.PathLike, spec: GenerationSpec,
-                   device: str = "cpu", on_shard: Callable[[Plan, dict[str, Any]], None] | None = None,
-                   warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Generate in this process, without Ray (small sets, debugging, tests); returns the manifest.
-    The Ray layer (:func:`lagm_ray.distributed.generate.generate_dataset`) writes the same files."""
-    info = annotator if isinstance(annotator, AnnotatorInfo) else describe_annotator(annotator, spec.truncation_psi)
-    with plan(out, info, spec, warn=warn) as p:
-        if p.missing:
-            labeller = Labeller(info, device)
-            extra = {"code_version": code_version(), "device": labeller.device.type}
-            for i in p.missing:
-                entry = produce_shard(labeller, p.spec, i, p.out, extra)
-                p.record(entry)
-                if on_shard:
-                    on_shard(p, entry)
-        return p.finish({"executor": "local", "device": device})
 
 
 # ------------------------------------------------------------------------------------------ reading

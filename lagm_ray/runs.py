@@ -12,8 +12,9 @@ from typing import Optional
 
 from rich.console import Console
 
+from .annotator_runs import generate_local
 from .config import from_dict, load_config, parse_override
-from .datagen import generate_local, sample_grid
+from .datagen import sample_grid
 from .generator_training import train_generator
 from .methods import build_trainer
 from .metrics import drop_per_class

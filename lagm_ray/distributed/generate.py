@@ -24,6 +24,8 @@ import torch
 
 from .. import datagen as dg
 from .. import downstream
+from ..annotator_runs import describe_annotator, load_labeller
+from ..storage import code_version
 
 
 class ShardWriter:
@@ -33,9 +35,9 @@ class ShardWriter:
                  use_gpu: bool):
         torch.set_num_threads(max(1, num_threads))
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.labeller = dg.Labeller(info, device)
+        self.labeller = load_labeller(info, device)
         self.spec, self.out = spec, out
-        self.extra = {"code_version": dg.code_version(), "device": self.labeller.device.type}
+        self.extra = {"code_version": code_version(), "device": self.labeller.device.type}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         entries = [dg.produce_shard(self.labeller, self.spec, int(i), self.out, self.extra) for i in batch["shard"]]
@@ -62,7 +64,7 @@ def generate_dataset(annotator: str | os.PathLike, out: str | os.PathLike, spec:
     CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs."""
     import ray
 
-    info = dg.describe_annotator(annotator, spec.truncation_psi)
+    info = describe_annotator(annotator, spec.truncation_psi)
     with dg.plan(out, info, spec, warn=warn) as p:
         run: dict[str, Any] = {"executor": "ray"}
         if p.missing:
