@@ -169,6 +169,7 @@ def peak_rss_mb() -> float:
 
 
 def read_shard(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A shard (or some of its columns) with its parquet page checksums verified, or :class:`DatasetError`."""
     try:
         return pq.read_table(path, columns=list(columns) if columns else None, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
@@ -178,10 +179,7 @@ def read_shard(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
 def check_shard(path: Path, expected_identity: dict[str, Any], index: int) -> dict[str, Any]:
     """A shard already on disk, read in full with page checksums verified: its manifest entry, or
     :class:`DatasetError` naming the file."""
-    try:
-        table = pq.read_table(path, page_checksum_verification=True)
-    except (OSError, pa.ArrowException) as e:
-        raise DatasetError(f"{path}: unreadable or corrupt parquet shard ({e})") from e
+    table = read_shard(path)
     meta = shard_metadata(table.schema, path)
     if meta.get("identity") != expected_identity:
         raise SettingsMismatch(f"{path}: this shard was generated with different settings "
