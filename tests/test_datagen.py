@@ -105,6 +105,29 @@ def test_schema_and_round_trip(dataset, tiny_run):
     assert torch.equal(truth, s.true_masks)
 
 
+def test_the_package_imports_no_trainer_method_or_evaluation():
+    """Data generation labels with the annotator it is handed (lagm_ray.annotator_runs rebuilds a run's): none of
+    its files imports the trainer, a method or evaluation, not even inside a function, nor does importing it."""
+    import ast
+
+    import lagm_ray.datagen
+
+    banned = ("trainer", "methods", "evaluation")
+    for path in Path(lagm_ray.datagen.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not [n for n in names if set(n.split(".")) & set(banned)], (path, names)
+    code = "import sys, lagm_ray.datagen; print(*sorted(m for m in sys.modules if m.startswith('lagm_ray')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "lagm_ray.datagen.reader" in loaded
+    assert not [m for m in loaded if set(m.split(".")) & set(banned)], loaded
+
+
 def test_hugging_face_datasets_opens_the_shards(dataset):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_parquet([str(p) for p in sorted(dataset.glob("shard-*.parquet"))])
