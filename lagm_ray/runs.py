@@ -121,8 +121,6 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
                      experiment: str = "lagm-datasets") -> dict:
     """`lagm generate` and experiments/generate_dataset.py: generate (on Ray, or ``local``ly) with a progress
     bar (images and shards done, images/s), then log the run to MLflow with a sample grid."""
-    from .progress import make_progress
-
     def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/] {message}")
 
