@@ -211,7 +211,7 @@ def bench_datagen(tmp: Path, images: int, small: int) -> dict[str, float]:
     import ray
 
     from lagm_ray.datagen import GenerationSpec
-    from lagm_ray.distributed.datagen import generate_dataset
+    from lagm_ray.distributed.generate import generate_dataset
 
     cfg = load_config(QUICKSTART, {**RAY_WORK, "train.steps": 1})
     annotator = tmp / "annotator" / "best.pt"

@@ -241,8 +241,9 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
                ray: bool = typer.Option(False, "--ray", help="Read the shards through Ray Data.")):
     """Table 1's downstream protocol on a shard directory: a fresh segmentor trained on the shards alone,
     scored on the config's real test split at its best validation epoch."""
+    from .annotator_runs import downstream_config
     from .config import parse_override
-    from .datagen import DatasetError, downstream_config, open_dataset
+    from .datagen import DatasetError, open_dataset
     from .methods import load_config  # torch, every method
 
     try:
@@ -253,9 +254,9 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
             if set_:
                 cfg = cfg.replace(dict(parse_override(o) for o in set_), source="--set")
         if ray:
-            from .distributed.datagen import downstream_from_shards
+            from .distributed.generate import downstream_from_shards
         else:
-            from .datagen import downstream_from_shards
+            from .downstream import downstream_from_shards
         metrics = downstream_from_shards(shards, cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as e:
         fail(str(e))

@@ -7,7 +7,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data.datasets import resize_labels
@@ -87,46 +86,3 @@ def picture_grid(annotator: nn.Module | None, segmentor: nn.Module, source: Synt
     for i in range(min(n, len(test_images))):
         add(test_images[i], None, preds[i], test_masks[i])
     return labelled_grid(cols, class_names, scale=max(1, 128 // seg_size))
-
-
-def synthetic_dataset(annotator: nn.Module, source: SyntheticSource, n: int, seg_size: int, seed: int,
-                      feature_index: Sequence[int] | None = None, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """n generated images (at the segmentor's size) with the annotator's hard labels: Table 1's training set."""
-    rng = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for i in range(0, n, batch_size):
-        batch = source.sample(min(batch_size, n - i), generator=rng)
-        lab = annotator_labels(annotator, feature_select(batch.features, feature_index))
-        images.append(to_size(batch.images, seg_size).cpu())
-        labels.append(resize_labels(lab, seg_size).cpu())
-    return torch.cat(images), torch.cat(labels)
-
-
-def train_downstream(segmentor: nn.Module, images: torch.Tensor, labels: torch.Tensor, val: tuple, test: tuple,
-                     class_names: Sequence[str], epochs: int, batch_size: int, lr: float, seed: int,
-                     absent: str = "zero") -> dict[str, float]:
-    """Train a fresh segmentor on a (synthetic) labelled set; test metrics at the best validation epoch."""
-    from .metrics import summarize
-
-    C = len(class_names)
-    device = next(segmentor.parameters()).device
-    opt = torch.optim.Adam(segmentor.parameters(), lr=lr)
-    rng = torch.Generator().manual_seed(seed)
-    best: dict[str, float] = {"val/fg_miou": -1.0}
-    for epoch in range(1, epochs + 1):
-        segmentor.train()
-        order = torch.randperm(len(images), generator=rng)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one sample
-                continue
-            loss = F.cross_entropy(segmentor(images[idx].to(device)), labels[idx].to(device), ignore_index=255)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        val_m = summarize(segmentor_confusion(segmentor, *val, C), class_names, absent)
-        if val_m["fg_miou"] > best["val/fg_miou"]:
-            test_m = summarize(segmentor_confusion(segmentor, *test, C), class_names, absent)
-            best = {"epoch": float(epoch), **{f"val/{k}": v for k, v in val_m.items()},
-                    **{f"test/{k}": v for k, v in test_m.items()}}
-    return best

@@ -14,8 +14,9 @@ from typing import Optional
 
 from rich.console import Console
 
+from .annotator_runs import generate_local
 from .config import parse_override
-from .datagen import generate_local, sample_grid
+from .datagen import sample_grid
 from .generator_training import train_generator
 from .methods import build_trainer, from_dict, load_config
 from .metrics import drop_per_class
@@ -139,8 +140,6 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
                      experiment: str = "lagm-datasets") -> dict:
     """`lagm generate` and experiments/generate_dataset.py: generate (on Ray, or ``local``ly) with a progress
     bar (images and shards done, images/s), then log the run to MLflow with a sample grid."""
-    from .progress import make_progress
-
     def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/] {message}")
 
@@ -159,7 +158,7 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
         if local:
             manifest = generate_local(annotator, out, spec, on_shard=on_shard, warn=warn)
         else:
-            from .distributed.datagen import (
+            from .distributed.generate import (
                 generate_dataset,  # imports Ray: only generation on a cluster needs it
             )
 

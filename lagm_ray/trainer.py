@@ -32,7 +32,7 @@ from .config import resolve_device
 from .data.datasets import LabelledSplits, load_labelled_splits
 from .errors import ConfigError
 from .evaluation import annotator_confusion, picture_grid, segmentor_confusion
-from .metrics import drop_per_class, summarize
+from .metrics import summarize
 from .models.annotator import FPNAnnotator
 from .models.segmentors import (
     UnknownBlockError,
@@ -355,22 +355,18 @@ class Trainer:
     def downstream(self, use_best: bool = True) -> dict[str, float]:
         """Table 1's protocol: label ``eval.downstream_images`` generated images with the (best) annotator,
         train a fresh segmentor of the same kind on them alone, report test metrics at its best val epoch."""
-        from .evaluation import synthetic_dataset, train_downstream
+        # here, not at the top: lagm_ray.downstream also reads shard datasets (pyarrow), which training never needs
+        from .downstream import synthetic_dataset, train_and_score
 
         if self.annotator is None:
             raise ConfigError(f"the downstream protocol needs an annotator; train.method {self.cfg.train.method!r} "
                               "has none")
-        e, sp = self.cfg.eval, self.splits
         annotator = copy.deepcopy(self.annotator)
         if use_best and self.best.get("annotator") is not None:
             annotator.load_state_dict(self.best["annotator"])
-        images, labels = synthetic_dataset(annotator, self.source, e.downstream_images, self.seg_size,
+        images, labels = synthetic_dataset(annotator, self.source, self.cfg.eval.downstream_images, self.seg_size,
                                            seed=EVAL_SEED + 1, feature_index=self.feature_index)
-        torch.manual_seed(self.cfg.run.seed)
-        m = train_downstream(self.new_segmentor(), images, labels, (sp.val_images, sp.val_masks), (sp.test_images, sp.test_masks),
-                             self.class_names, e.downstream_epochs, e.downstream_batch_size, e.downstream_lr,
-                             seed=self.cfg.run.seed, absent=e.absent_class)
-        return {f"downstream/{k}": v for k, v in drop_per_class(m).items()}
+        return train_and_score(self.cfg, images, labels, self.splits, self.new_segmentor)
 
     def result(self) -> TrainResult:
         m = self.best["metrics"]

@@ -18,6 +18,8 @@ import torch
 from conftest import tiny_overrides
 
 from lagm_ray import datagen as dg
+from lagm_ray.annotator_runs import generate_local, load_labeller
+from lagm_ray.downstream import downstream_from_shards, downstream_metrics
 from lagm_ray.methods import load_config
 from lagm_ray.storage import save_checkpoint, sha256_file
 from lagm_ray.trainer import BEST_FORMAT, Trainer
@@ -42,7 +44,7 @@ def tiny_run(tiny_generator_path, tmp_path_factory):
 def dataset(tiny_run, tmp_path_factory) -> Path:
     """SPEC generated in this process; read-only for the tests (they copy it before breaking it)."""
     out = tmp_path_factory.mktemp("data") / "ds"
-    dg.generate_local(tiny_run[0], out, SPEC)
+    generate_local(tiny_run[0], out, SPEC)
     return out
 
 
@@ -85,7 +87,7 @@ def test_schema_and_round_trip(dataset, tiny_run):
     assert meta["identity"]["class_names"] == m["class_names"]
 
     # Every stored row is the in-memory sample of its seed (images up to their 8-bit PNG encoding).
-    s = dg.generate_samples(dg.load_annotator(tiny_run[0]), SPEC)
+    s = dg.generate_samples(load_labeller(tiny_run[0]), SPEC)
     assert s.seeds.tolist() == df["seed"].tolist()
     for i, row in df.iterrows():
         assert np.array_equal(dg.decode_png(row["image"]), to_uint8_image(s.images[i]))
@@ -103,6 +105,29 @@ def test_schema_and_round_trip(dataset, tiny_run):
     assert torch.equal(truth, s.true_masks)
 
 
+def test_the_package_imports_no_trainer_method_or_evaluation():
+    """Data generation labels with the annotator it is handed (lagm_ray.annotator_runs rebuilds a run's): none of
+    its files imports the trainer, a method or evaluation, not even inside a function, nor does importing it."""
+    import ast
+
+    import lagm_ray.datagen
+
+    banned = ("trainer", "methods", "evaluation")
+    for path in Path(lagm_ray.datagen.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not [n for n in names if set(n.split(".")) & set(banned)], (path, names)
+    code = "import sys, lagm_ray.datagen; print(*sorted(m for m in sys.modules if m.startswith('lagm_ray')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "lagm_ray.datagen.reader" in loaded
+    assert not [m for m in loaded if set(m.split(".")) & set(banned)], loaded
+
+
 def test_hugging_face_datasets_opens_the_shards(dataset):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_parquet([str(p) for p in sorted(dataset.glob("shard-*.parquet"))])
@@ -113,19 +138,19 @@ def test_hugging_face_datasets_opens_the_shards(dataset):
 
 
 def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tmp_path):
-    dg.generate_local(tiny_run[0], tmp_path / "again", SPEC)
+    generate_local(tiny_run[0], tmp_path / "again", SPEC)
     assert shas(tmp_path / "again") == shas(dataset)  # byte for byte
 
     # The generator batch changes float rounding (CPU GEMMs), so it is part of the dataset's identity:
     # the same seeds and near-identical labels, but a different dataset.
     other = dg.GenerationSpec(num_images=10, shard_size=4, batch_size=4)
-    dg.generate_local(tiny_run[0], tmp_path / "b4", other)
+    generate_local(tiny_run[0], tmp_path / "b4", other)
     a, b = pd.read_parquet(dataset), pd.read_parquet(tmp_path / "b4")
     assert a["seed"].tolist() == b["seed"].tolist()
     agree = np.mean([np.mean(dg.decode_png(x) == dg.decode_png(y)) for x, y in zip(a["label"], b["label"])])
     assert agree > 0.99
     with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json.*batch_size: 3 there, 4 now"):
-        dg.generate_local(tiny_run[0], dataset, other)
+        generate_local(tiny_run[0], dataset, other)
 
 
 @pytest.mark.ray
@@ -168,7 +193,7 @@ def test_rerun_writes_only_the_missing_shard(dataset, tiny_run, tmp_path):
     stray = out / ".shard-00001.parquet.tmp-999-dead"  # what a killed writer leaves
     stray.write_bytes(b"half a shard")
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("shard-*.parquet")}
-    m = dg.generate_local(tiny_run[0], out, SPEC)
+    m = generate_local(tiny_run[0], out, SPEC)
     assert m["last_run"]["shards_written"] == 1 and m["last_run"]["shards_reused"] == 2
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("shard-*.parquet")
             if p.name in before} == before
@@ -209,7 +234,7 @@ def test_killed_run_resumes(tmp_path):
     before = {n: (out / n).stat().st_mtime_ns for n in written}
 
     spec = dg.GenerationSpec(num_images=96, shard_size=4, batch_size=4)
-    m = dg.generate_local(ckpt, out, spec)
+    m = generate_local(ckpt, out, spec)
     assert m["last_run"]["shards_reused"] == len(written) and m["last_run"]["shards_written"] == 24 - len(written)
     assert {n: (out / n).stat().st_mtime_ns for n in written} == before
     assert not list(out.glob(".*.tmp-*"))
@@ -251,17 +276,17 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
     # A re-run regenerates the damaged shard (rows are a function of the seed) and says so.
     shard1.write_bytes(shard1.read_bytes()[:-100])
     warnings = []
-    m = dg.generate_local(tiny_run[0], out, SPEC, warn=warnings.append)
+    m = generate_local(tiny_run[0], out, SPEC, warn=warnings.append)
     assert len(warnings) == 1 and "shard-00001.parquet" in warnings[0]
     assert m["last_run"]["shards_replaced"] == ["shard-00001.parquet"] and shas(out) == shas(dataset)
 
     with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json: .* different settings .*num_images: 10 there"):
-        dg.generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
+        generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
     with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .* expects 5 classes"):
         dg.open_dataset(out, class_names=5)
     car = tiny_run[1].replace({"data.category": "car"})
     with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
-        dg.downstream_from_shards(out, car)
+        downstream_from_shards(out, car)
 
     m = manifest(out)
     m["status"] = "incomplete"
@@ -279,7 +304,7 @@ def test_uncertainty_filtering_is_reported(dataset, tiny_run, tmp_path):
     df = pd.read_parquet(dataset)
     threshold = float(df["confidence"].median())
     spec = dg.GenerationSpec(num_images=10, shard_size=4, batch_size=3, min_confidence=threshold)
-    m = dg.generate_local(tiny_run[0], tmp_path / "filtered", spec)
+    m = generate_local(tiny_run[0], tmp_path / "filtered", spec)
     kept = df[df["confidence"] >= np.float32(threshold)]
     assert 0 < len(kept) < 10
     assert m["rows"] == len(kept) and m["filter"]["filtered"] == 10 - len(kept)
@@ -287,7 +312,7 @@ def test_uncertainty_filtering_is_reported(dataset, tiny_run, tmp_path):
     assert sum(s["filtered"] for s in m["shards"]) == 10 - len(kept)
     assert pd.read_parquet(tmp_path / "filtered")["seed"].tolist() == kept["seed"].tolist()
 
-    m = dg.generate_local(tiny_run[0], tmp_path / "entropy",
+    m = generate_local(tiny_run[0], tmp_path / "entropy",
                           dg.GenerationSpec(num_images=10, shard_size=4, batch_size=3, max_entropy=0.0))
     assert m["rows"] == 0 and m["filter"]["filtered"] == 10 and pd.read_parquet(tmp_path / "entropy").empty
 
@@ -299,10 +324,10 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
     """Same seeds, same mIoU, exactly: the shard round trip (PNG, parquet, decoding, resizing) loses nothing
     beyond the 8-bit images a dataset stores."""
     best, cfg = tiny_run
-    from_shards = dg.downstream_from_shards(dataset, cfg)
-    samples = dg.generate_samples(dg.load_annotator(best), SPEC)
+    from_shards = downstream_from_shards(dataset, cfg)
+    samples = dg.generate_samples(load_labeller(best), SPEC)
     images, labels = dg.training_pair(samples, cfg.data.seg_resolution)
-    in_memory = dg.downstream_metrics(cfg, images, labels)
+    in_memory = downstream_metrics(cfg, images, labels)
     assert from_shards == in_memory and "downstream/test/fg_miou" in from_shards
 
     # `lagm downstream DIR` takes the annotator run's config from the manifest.
@@ -322,7 +347,7 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
 def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
     """read_parquet -> decode in map_batches -> iter_torch_batches gives the pure reader's tensors, so the
     downstream segmentor it trains is the same one."""
-    from lagm_ray.distributed import datagen as rdg
+    from lagm_ray.distributed import generate as rdg
 
     cfg = tiny_run[1]
     fed = []
@@ -331,7 +356,7 @@ def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
         fed.append(rdg.load_tensors(ds, size))
         return fed[-1]
 
-    assert dg.downstream_from_shards(dataset, cfg, reader=ray_reader) == dg.downstream_from_shards(dataset, cfg)
+    assert downstream_from_shards(dataset, cfg, reader=ray_reader) == downstream_from_shards(dataset, cfg)
     images, labels = dg.load_tensors(dataset, cfg.data.seg_resolution)
     assert torch.equal(images, fed[0][0]) and torch.equal(labels, fed[0][1])
     assert images.stride() == fed[0][0].stride()  # the memory layout changes a trained segmentor too

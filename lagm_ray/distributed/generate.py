@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 from .. import datagen as dg
+from .. import downstream
+from ..annotator_runs import describe_annotator, load_labeller
+from ..storage import code_version
 
 
 class ShardWriter:
@@ -32,9 +35,9 @@ class ShardWriter:
                  use_gpu: bool):
         torch.set_num_threads(max(1, num_threads))
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.labeller = dg.Labeller(info, device)
+        self.labeller = load_labeller(info, device)
         self.spec, self.out = spec, out
-        self.extra = {"code_version": dg.code_version(), "device": self.labeller.device.type}
+        self.extra = {"code_version": code_version(), "device": self.labeller.device.type}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         entries = [dg.produce_shard(self.labeller, self.spec, int(i), self.out, self.extra) for i in batch["shard"]]
@@ -61,7 +64,7 @@ def generate_dataset(annotator: str | os.PathLike, out: str | os.PathLike, spec:
     CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs."""
     import ray
 
-    info = dg.describe_annotator(annotator, spec.truncation_psi)
+    info = describe_annotator(annotator, spec.truncation_psi)
     with dg.plan(out, info, spec, warn=warn) as p:
         run: dict[str, Any] = {"executor": "ray"}
         if p.missing:
@@ -147,6 +150,6 @@ def load_tensors(dataset: dg.ShardDataset | str | os.PathLike, size: int | None 
     return torch.cat(images)[order], torch.cat(masks)[order]
 
 
-def downstream_from_shards(directory: str | os.PathLike, config=None) -> dict[str, float]:
+def downstream_from_shards(directory: str | os.PathLike, config) -> dict[str, float]:
     """Table 1's downstream protocol on a shard directory, read through Ray Data."""
-    return dg.downstream_from_shards(directory, config, reader=lambda ds, size: load_tensors(ds, size))
+    return downstream.downstream_from_shards(directory, config, reader=lambda ds, size: load_tensors(ds, size))
