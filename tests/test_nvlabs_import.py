@@ -3,9 +3,12 @@
 The fixture (tests/fixtures/nvlabs) was made by make_reference.py with NVlabs' code, outside the project.
 """
 
+import json
+import os
 import pickle
 import pickletools
 import shutil
+import subprocess
 import sys
 import types
 from collections import OrderedDict
@@ -171,7 +174,7 @@ def persistence(monkeypatch):
     return _reconstruct_persistent_obj
 
 
-def dump_records(obj, path: Path, reconstruct, module_src: str = "") -> None:
+def dump_records(obj, path: Path, reconstruct, module_src: str = "", protocol: int = 4) -> None:
     """Pickle records as torch_utils.persistence does: a call of _reconstruct_persistent_obj(meta)."""
     class Pickler(pickle.Pickler):
         def reducer_override(self, o):
@@ -183,7 +186,7 @@ def dump_records(obj, path: Path, reconstruct, module_src: str = "") -> None:
             return NotImplemented
 
     with open(path, "wb") as f:
-        Pickler(f, protocol=4).dump(obj)
+        Pickler(f, protocol=protocol).dump(obj)
 
 
 def test_record_source_is_never_executed(tmp_path, persistence, ref):
@@ -250,3 +253,91 @@ def test_not_a_generator_is_a_clear_error(tmp_path, persistence):
             import_generator(path)
     shutil.copy(PKL, tmp_path / "copy.pkl")  # and the original still imports after all that
     import_generator(tmp_path / "copy.pkl")
+
+
+# --------------------------------------------------------------------- names decided before any import
+
+
+def run_isolated(code: str, *args: str) -> dict:
+    """Run ``code`` in a fresh interpreter (its modules and memory are its own) and return the JSON it prints."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+NO_IMPORT = """
+import json, sys
+from lagm_ray.errors import CheckpointError
+from lagm_ray.synthetic import load_generator
+import lagm_ray.models.nvlabs_import  # imported on first use; here, before anything is counted
+result = []
+for path in sys.argv[1:]:
+    before = set(sys.modules)
+    try:
+        load_generator(path)
+        message = None
+    except CheckpointError as e:
+        message = str(e)
+    result.append({"message": message, "new_modules": sorted(set(sys.modules) - before),
+                   "imported_before": sorted(m for m in before if m.startswith(("torch._dynamo", "torch.onnx",
+                                                                                 "torch._inductor", "smtplib")))})
+print(json.dumps(result))
+"""
+
+
+def test_find_class_imports_no_module(tmp_path):
+    """torch's lazy submodules (``torch._dynamo`` pulls in ~800 modules) and a stdlib module nobody imported:
+    refused by name, before and without any import or attribute lookup on a module."""
+    globals_ = [("torch", "_dynamo"), ("torch", "onnx"), ("torch", "_inductor"), ("torch", "has_cuda"),
+                ("torch._dynamo", "optimize"), ("smtplib", "SMTP"), ("__builtin__", "__import__")]
+    paths = []
+    for i, (module, name) in enumerate(globals_):
+        paths.append(tmp_path / f"g{i}.pkl")
+        paths[-1].write_bytes(b"\x80\x02" + f"c{module}\n{name}\n".encode() + b")R.")
+    results = run_isolated(NO_IMPORT, *map(str, paths))
+    for (module, name), path, r in zip(globals_, paths, results):
+        assert r["imported_before"] == []  # so that the check below means something
+        assert r["new_modules"] == [], (module, name)
+        shown = {"__builtin__": "builtins"}.get(module, module)
+        assert r["message"].startswith(f"{path}: refused global {shown}.{name}: ")
+
+
+@pytest.mark.parametrize("module,name,shown", [("__builtin__", "exec", "builtins.exec"),
+                                               ("__builtin__", "eval", "builtins.eval"),
+                                               ("copy_reg", "_reconstructor", "copyreg._reconstructor"),
+                                               ("__builtin__", "getattr", "builtins.getattr")])
+def test_python2_names_are_mapped_and_still_refused(tmp_path, module, name, shown):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(b"\x80\x02" + f"c{module}\n{name}\n".encode() + b"(" +
+                     pickle.dumps(f"open({str(marker)!r}, 'w').close()", protocol=2)[2:-1] + b"tR.")
+    refused(path, shown)
+    assert not marker.exists()
+
+
+def test_protocol_2_snapshot_loads_like_the_original(tmp_path, persistence):
+    snap = load_network_pickle(PKL)
+    path = tmp_path / "proto2.pkl"
+    dump_records(snap, path, persistence, protocol=2)
+    globals_ = {arg for op, arg, _ in pickletools.genops(path.read_bytes()) if op.name == "GLOBAL"}
+    # what makes protocol 2 different: Python 2 module names and bytes written as latin-1 text
+    assert {"__builtin__ set", "_codecs encode"} <= globals_, globals_
+    G, _, _ = import_generator(path)
+    expected = import_generator(PKL)[0].state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in G.state_dict().items())
+    assert load_network_pickle(path)["G_ema"].state["_non_persistent_buffers_set"] == set()
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"c__builtin__\nbytes\nJ\xff\xff\xff\x7f\x85R.", "refused builtins.bytes with arguments"),
+    (b"c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00utf_7\x86R.", "refused _codecs.encode of a str"),
+    (b"c_codecs\nencode\nK\x01X\x06\x00\x00\x00latin1\x86R.", "refused _codecs.encode of a int"),
+])
+def test_protocol_2_bytes_helpers_take_only_what_protocol_2_writes(tmp_path, payload, reason):
+    path = tmp_path / "bytes.pkl"
+    path.write_bytes(b"\x80\x02" + payload)
+    with pytest.raises(CheckpointError) as e:
+        load_network_pickle(path)
+    assert str(e.value).startswith(f"{path}: {reason}")

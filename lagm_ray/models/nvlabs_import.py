@@ -7,7 +7,9 @@ A ``network-snapshot-*.pkl`` is ``pickle.dump(dict(training_set_kwargs, G, D, G_
 NVlabs' loader ``exec``s ``module_src``. Here nothing from the file is ever run or imported:
 
 * ``NetworkUnpickler.find_class`` resolves only the few globals such a file needs (below) to functions of
-  ours, and refuses any other global with an error that names the file and the global;
+  ours, from tables made when this module is imported (a global never imports a module), and refuses any
+  other global with an error that names the file and the global; protocol-2 pickles' Python 2 names
+  (``__builtin__``, ``copy_reg``) are mapped to Python 3's first, and their bytes (``_codecs.encode``) read;
 * a persistent object becomes an inert :class:`PersistentRecord` (class name + state); ``module_src`` is kept
   only as a SHA-256;
 * tensor storages, pickled by torch as bytes in its legacy format, are read by
@@ -117,11 +119,29 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return _np_scalar(dtype, data)
 
 
+def _latin1_bytes(text: Any, encoding: Any) -> bytes:
+    """``_codecs.encode(text, 'latin1')``: how protocol-2 pickles (``bytes`` did not exist in Python 2) write
+    every non-empty ``bytes``, e.g. a tensor storage; latin-1 text to bytes and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise CheckpointError(f"refused _codecs.encode of a {type(text).__name__} as {encoding!r} "
+                              "(only latin-1 text, which is how protocol 2 writes bytes)")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``: how protocol-2 pickles write ``b''``. Nothing else (``bytes(n)`` would allocate n bytes)."""
+    if args:
+        raise CheckpointError("refused builtins.bytes with arguments (protocol 2 writes only b'' as bytes())")
+    return b""
+
+
 # Everything an NVlabs snapshot refers to by name, each mapped to an object of ours; nothing is imported.
 _WHITELIST: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,  # protocol <= 3 pickles (Python 3.7) write sets as a call of set
     ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytes"): _empty_bytes,  # protocol 2: b''
+    ("_codecs", "encode"): _latin1_bytes,  # protocol 2: any other bytes
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
@@ -133,24 +153,34 @@ _WHITELIST: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("dnnlib", "EasyDict"): EasyDict,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
 }
+# torch.float32 etc. as pickled by name (``torch float32``), taken from torch's namespace once, here: a lookup
+# in it never runs torch's module ``__getattr__``, which imports its lazy submodules (torch._dynamo, torch.onnx).
+_TORCH_DTYPES: dict[str, torch.dtype] = {k: v for k, v in vars(torch).items() if isinstance(v, torch.dtype)}
+# Python 2 module names that protocol <= 2 pickles write (pickle's fix_imports, which our find_class bypasses).
+# copyreg only appears in protocol 0/1 pickles (protocol 2 has the NEWOBJ opcode), and nothing in it is allowed.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 class NetworkUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves globals from the whitelist only (and never imports a module)."""
+    """``pickle.Unpickler`` that resolves globals from the whitelist only. Names are looked up in tables
+    built when this module was imported: no global from the file imports a module or reads a module attribute."""
 
     def __init__(self, file: Any, path: str | Path):
         super().__init__(file)
         self.path = str(path)
 
     def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)
         found = _WHITELIST.get((module, name))
         if found is not None:
             return found
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)  # e.g. torch.float32 kept as a module attribute
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _TORCH_DTYPES[name]  # e.g. torch.float32 kept as a module attribute
+        hint = ("if this file is trusted, convert it with NVlabs' own code" if not module.startswith("dnnlib.tflib")
+                else "a TensorFlow StyleGAN pickle: convert it with stylegan2-ada-pytorch's legacy.py first")
         raise UnsafePickleError(
             f"{self.path}: refused global {module}.{name}: not one an NVlabs network pickle needs, and "
-            "lagm_ray never runs code from a pickle (if this file is trusted, convert it with NVlabs' own code)")
+            f"lagm_ray never runs code from a pickle ({hint})")
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"{self.path}: refused persistent id {str(pid)[:80]!r} (not in NVlabs pickles)")
