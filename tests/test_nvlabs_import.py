@@ -3,6 +3,7 @@
 The fixture (tests/fixtures/nvlabs) was made by make_reference.py with NVlabs' code, outside the project.
 """
 
+import io
 import json
 import os
 import pickle
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from lagm_ray.errors import CheckpointError
 from lagm_ray.models.nvlabs_import import (
     EasyDict,
+    NetworkUnpickler,
     PersistentRecord,
     UnsafePickleError,
     import_generator,
@@ -341,3 +343,59 @@ def test_protocol_2_bytes_helpers_take_only_what_protocol_2_writes(tmp_path, pay
     with pytest.raises(CheckpointError) as e:
         load_network_pickle(path)
     assert str(e.value).startswith(f"{path}: {reason}")
+
+
+# ----------------------------------------------------------------------------------- tensor views
+
+
+class View:
+    """Pickles as torch's ``_rebuild_tensor_v2(storage, offset, size, stride, ...)`` with any geometry."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (*self.args, False, OrderedDict())
+
+
+def six_floats():
+    return torch.arange(6, dtype=torch.float32)._typed_storage()  # what Tensor.__reduce_ex__ pickles
+
+
+@pytest.mark.parametrize("offset,size,stride", [(0, (64,), (1,)), (5, (2,), (1,)), (0, (2, 3), (3, 2)),
+                                                (7, (0,), (1,)), (0, (10**12,), (1,))])
+def test_a_view_past_its_storage_is_refused(tmp_path, offset, size, stride):
+    path = tmp_path / "view.pkl"
+    path.write_bytes(pickle.dumps({"t": View(six_floats(), offset, size, stride)}, protocol=4))
+    with pytest.raises(CheckpointError) as e:
+        load_network_pickle(path)
+    assert str(e.value).startswith(f"{path}: tensor view with size {size!r}, stride {stride!r}, offset {offset}")
+    assert "of a storage of 6 elements (a view must lie inside its storage)" in str(e.value)
+
+
+@pytest.mark.parametrize("offset,size,stride,reason", [
+    (-1, (2,), (1,), "negative offset, size or stride"),
+    (0, (-2,), (1,), "negative offset, size or stride"),
+    (5, (3,), (-1,), "negative offset, size or stride"),
+    (0, (2, 2), (1,), "sizes and strides must be as many"),
+    (0, (2.0,), (1,), "offset, sizes and strides must be integers"),
+    (True, (2,), (1,), "offset, sizes and strides must be integers"),
+    (0, "ab", (1,), "offset, sizes and strides must be integers"),
+])
+def test_a_malformed_view_is_refused(tmp_path, offset, size, stride, reason):
+    path = tmp_path / "view.pkl"
+    path.write_bytes(pickle.dumps({"t": View(six_floats(), offset, size, stride)}, protocol=4))
+    with pytest.raises(CheckpointError) as e:
+        load_network_pickle(path)
+    assert str(e.value).startswith(f"{path}: tensor view with ") and reason in str(e.value)
+
+
+def test_views_inside_their_storage_load_as_torch_would():
+    storage = six_floats()
+    base = torch.arange(6, dtype=torch.float32)
+    for offset, size, stride in [(0, (6,), (1,)), (1, (2, 2), (2, 1)), (0, (3, 2), (1, 3)), (5, (4,), (0,)),
+                                 (6, (0,), (1,)), (2, (), ())]:
+        data = pickle.dumps(View(storage, offset, size, stride), protocol=4)
+        t = NetworkUnpickler(io.BytesIO(data), "mem").load()
+        assert torch.equal(t, base.as_strided(size, stride, offset)), (offset, size, stride)
+        assert t.untyped_storage().nbytes() == 24  # the storage was not grown

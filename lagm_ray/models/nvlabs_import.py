@@ -95,13 +95,42 @@ def _load_storage(data: Any) -> Any:
     return storage
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: int, size: tuple, stride: tuple, requires_grad: bool = False,
+_MAX_TENSOR_DIMS = 32
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_view(storage_offset: Any, size: Any, stride: Any, storage_numel: int) -> None:
+    """A tensor view must lie inside its storage: ``Tensor.set_`` (which torch's own rebuild calls) grows a
+    storage that is too small, so a view past its end would come back padded with uninitialised memory
+    (or allocate as much as its size asks). Refuses negative or non-integer offsets, sizes and strides."""
+    geometry = f"size {size!r}, stride {stride!r}, offset {storage_offset!r}"
+    if (not _is_int(storage_offset) or not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list))
+            or not all(map(_is_int, size)) or not all(map(_is_int, stride))):
+        raise CheckpointError(f"tensor view with {geometry}: offset, sizes and strides must be integers")
+    if len(size) != len(stride) or len(size) > _MAX_TENSOR_DIMS:
+        raise CheckpointError(f"tensor view with {geometry}: sizes and strides must be as many, at most "
+                              f"{_MAX_TENSOR_DIMS}")
+    if storage_offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
+        raise CheckpointError(f"tensor view with {geometry}: negative offset, size or stride")
+    # Elements the view reaches: up to its last element's index + 1, or its offset when it is empty.
+    end = storage_offset if 0 in size else storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if end > storage_numel:
+        raise CheckpointError(f"tensor view with {geometry} reaches element {end} of a storage of "
+                              f"{storage_numel} elements (a view must lie inside its storage)")
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
                        backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2`` without its backward-hook and metadata handling (never needed
-    for weights; hooks are not data)."""
+    """``torch._utils._rebuild_tensor_v2`` for views inside their storage, without its backward-hook and
+    metadata handling (never needed for weights; hooks are not data)."""
     if not isinstance(storage, torch.storage.TypedStorage):
         raise CheckpointError(f"tensor built on a {type(storage).__name__}, not a storage")
-    return torch._utils._rebuild_tensor(storage, int(storage_offset), tuple(size), tuple(stride))
+    # elements in the storage (TypedStorage.size() says the same, with a deprecation warning)
+    _check_view(storage_offset, size, stride, storage._untyped_storage.nbytes() // storage.dtype.itemsize)
+    return torch._utils._rebuild_tensor(storage, storage_offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data: Any, requires_grad: bool = False, backward_hooks: Any = None,
