@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import pickletools
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,12 @@ from typer.testing import CliRunner
 
 from lagm_ray.errors import CheckpointError
 from lagm_ray.models.nvlabs_import import (
+    MAX_GENERATOR_BYTES,
     EasyDict,
     NetworkUnpickler,
     PersistentRecord,
     UnsafePickleError,
+    generator_numel,
     import_generator,
     load_network_pickle,
 )
@@ -399,3 +402,145 @@ def test_views_inside_their_storage_load_as_torch_would():
         t = NetworkUnpickler(io.BytesIO(data), "mem").load()
         assert torch.equal(t, base.as_strided(size, stride, offset)), (offset, size, stride)
         assert t.untyped_storage().nbytes() == 24  # the storage was not grown
+
+
+# ------------------------------------------------------------------- init arguments bounded before building
+
+FIXTURE_KWARGS = dict(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
+                      mapping_kwargs={"num_layers": 2}, channel_base=256, channel_max=16, num_fp16_res=2,
+                      conv_clamp=2.0)
+FFHQ_1024 = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3, mapping_kwargs={"num_layers": 8},
+                 channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256)
+
+
+def numel(G) -> int:
+    return sum(t.numel() for t in G.parameters()) + sum(b.numel() for b in G.buffers())
+
+
+@pytest.mark.parametrize("kwargs", [
+    FIXTURE_KWARGS,
+    dict(z_dim=8, c_dim=5, w_dim=16, img_resolution=16, img_channels=1, channel_base=128, channel_max=32,
+         mapping_kwargs={"num_layers": 3, "embed_features": 7, "layer_features": 9, "w_avg_beta": None},
+         kernel_size=1, use_noise=False, resample_filter=[1, 2, 1]),
+    dict(z_dim=0, c_dim=4, w_dim=16, img_resolution=8, img_channels=4, mapping_kwargs={}, channel_base=64,
+         channel_max=8, kernel_size=5),
+])
+def test_generator_numel_counts_what_generator_builds(kwargs):
+    from lagm_ray.models.generator import Generator
+    assert generator_numel(kwargs) == numel(Generator(**kwargs))
+
+
+def test_published_generators_are_within_the_bound():
+    from lagm_ray.models.generator import Generator
+    with torch.device("meta"):  # shapes only: nothing allocated
+        G = Generator(**FFHQ_1024)
+    assert generator_numel(FFHQ_1024) == numel(G) == 33_167_164
+    for kwargs in (FFHQ_1024, dict(FFHQ_1024, img_resolution=2048, channel_base=65536, channel_max=1024)):
+        assert generator_numel(kwargs) * 4 <= MAX_GENERATOR_BYTES
+
+
+def hostile_g_ema(tmp_path: Path, persistence, name: str = "hostile.pkl", **changes) -> Path:
+    """The fixture's G_ema (its own small tensors) with init arguments changed."""
+    g = load_network_pickle(PKL)["G_ema"]
+    kw = g.state["_init_kwargs"]
+    for key, value in changes.items():
+        target, _, field = key.rpartition(".")
+        (kw[target] if target else kw)[field] = value
+    path = tmp_path / name
+    dump_records({"G_ema": g}, path, persistence)
+    return path
+
+
+BOUNDED = """
+import json, resource, sys, time
+import torch
+from lagm_ray.errors import CheckpointError
+from lagm_ray.synthetic import load_generator
+import lagm_ray.models.nvlabs_import
+def resident():  # bytes resident now
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+# extra = peak during the load - resident before it: an upper bound on what the load added (ru_maxrss is the
+# process's high-water mark, in KiB on Linux, and may have been set by the imports above)
+before, start = resident(), time.perf_counter()
+try:
+    load_generator(sys.argv[1])
+    message = None
+except CheckpointError as e:
+    message = str(e)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"message": message, "seconds": seconds, "extra_bytes": peak - before}))
+"""
+
+
+def test_img_resolution_65536_is_refused_fast_and_small(tmp_path, persistence):
+    """The issue's snapshot: before, this allocated 16.9 GB until the OOM killer stopped it."""
+    path = hostile_g_ema(tmp_path, persistence, img_resolution=65536)
+    r = run_isolated(BOUNDED, str(path))
+    assert r["message"].startswith(f"{path}: G_ema: init arguments out of range: img_resolution=65536 "
+                                   "(a power of two in 4..4096)")
+    assert r["seconds"] < 5 and r["extra_bytes"] < 2**30, r
+
+
+def test_the_size_bound_alone_refuses_img_resolution_65536(tmp_path, persistence, monkeypatch):
+    """Were the resolution range wider, the size estimate would still refuse it before building anything."""
+    import lagm_ray.models.nvlabs_import as nvlabs_import
+    monkeypatch.setattr(nvlabs_import, "_MAX_RESOLUTION", 1 << 16)
+    path = hostile_g_ema(tmp_path, persistence, img_resolution=65536, **{"synthesis_kwargs.channel_base": 1 << 20})
+    with pytest.raises(CheckpointError, match=r"hostile\.pkl: G_ema: its init arguments describe a generator of "
+                                              r"11,\d{3},\d{3},\d{3} parameters and buffers \(4\d\.\d GiB"):
+        import_generator(path)
+
+
+def test_a_generator_over_the_size_bound_is_refused_with_its_size(tmp_path, persistence):
+    # every argument in range; together they describe 2.6 billion values
+    path = hostile_g_ema(tmp_path, persistence, img_resolution=1024,
+                         **{"synthesis_kwargs.channel_base": 1 << 24, "synthesis_kwargs.channel_max": 8192})
+    r = run_isolated(BOUNDED, str(path))
+    assert r["message"].startswith(f"{path}: G_ema: its init arguments describe a generator of ")
+    assert re.search(r"of [\d,]+ parameters and buffers \([\d.,]+ GiB as float32\), more than the 1 GiB",
+                     r["message"]), r["message"]
+    assert r["seconds"] < 5 and r["extra_bytes"] < 2**30, r
+
+
+@pytest.mark.parametrize("changes,shown", [
+    ({"img_resolution": 48}, "img_resolution=48 (a power of two in 4..4096)"),
+    ({"img_resolution": 2}, "img_resolution=2 (a power of two in 4..4096)"),
+    ({"img_resolution": 32.0}, "img_resolution=32.0 (a power of two"),
+    ({"z_dim": -1}, "z_dim=-1 (an integer in 0..16384)"),
+    ({"z_dim": True}, "z_dim=True (an integer in 0..16384)"),
+    ({"w_dim": 10**9}, "w_dim=1000000000 (an integer in 1..16384)"),
+    ({"z_dim": 0}, "z_dim=0 and c_dim=0"),
+    ({"img_channels": 5}, "img_channels=5 (an integer in 1..4)"),
+    ({"mapping_kwargs.num_layers": 10**6}, "mapping_kwargs.num_layers=1000000 (an integer in 1..64)"),
+    ({"mapping_kwargs.num_layers": 0}, "mapping_kwargs.num_layers=0 (an integer in 1..64)"),
+    ({"mapping_kwargs.lr_multiplier": float("nan")}, "mapping_kwargs.lr_multiplier=nan (a number in (0, 1000]"),
+    ({"mapping_kwargs.w_avg_beta": 2}, "mapping_kwargs.w_avg_beta=2 (a number in [0, 1] or None)"),
+    ({"mapping_kwargs.layer_features": "512"}, "mapping_kwargs.layer_features='512' (an integer in 1..16384 or None)"),
+    ({"synthesis_kwargs.channel_base": 16}, "synthesis_kwargs.channel_base=16 (at least img_resolution=32"),
+    ({"synthesis_kwargs.channel_max": 0}, "synthesis_kwargs.channel_max=0 (an integer in 1..16384)"),
+    ({"synthesis_kwargs.num_fp16_res": -1}, "synthesis_kwargs.num_fp16_res=-1"),
+    ({"synthesis_kwargs.conv_clamp": -1.0}, "synthesis_kwargs.conv_clamp=-1.0 (a number in [0, 1e+06] or None)"),
+    ({"synthesis_kwargs.kernel_size": 4}, "synthesis_kwargs.kernel_size=4 (odd"),
+    ({"synthesis_kwargs.use_noise": "yes"}, "synthesis_kwargs.use_noise='yes' (True or False)"),
+    ({"synthesis_kwargs.resample_filter": [1, -1]}, "synthesis_kwargs.resample_filter=[1, -1] (1 to 16 numbers"),
+    ({"synthesis_kwargs.resample_filter": [1] * 10**5}, "synthesis_kwargs.resample_filter=[1, 1, 1,"),
+    ({"synthesis_kwargs.fp16_channels_last": 3}, "synthesis_kwargs.fp16_channels_last=3 (True or False)"),
+])
+def test_each_init_argument_is_bounded(tmp_path, persistence, changes, shown):
+    path = hostile_g_ema(tmp_path, persistence, **changes)
+    with pytest.raises(CheckpointError) as e:
+        import_generator(path)
+    assert str(e.value).startswith(f"{path}: G_ema: init arguments out of range: ")
+    assert shown in str(e.value) and len(str(e.value)) < 400
+
+
+def test_init_arguments_holding_themselves_are_refused(tmp_path, persistence):
+    g = load_network_pickle(PKL)["G_ema"]
+    loop = g.state["_init_kwargs"]["mapping_kwargs"]
+    loop["embed_features"] = loop  # a container that holds itself (a pickle can build one with its memo)
+    path = tmp_path / "loop.pkl"
+    dump_records({"G_ema": g}, path, persistence)
+    with pytest.raises(CheckpointError, match=r"loop\.pkl: arguments nested more than 16 deep"):
+        import_generator(path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -245,12 +246,129 @@ _LAYOUT_ONLY = {"fp16_channels_last"}
 _ACTIVATIONS = ("lrelu", "linear")  # what our bias_act implements
 
 
-def _plain(value: Any) -> Any:
-    """EasyDicts, OrderedDicts and tuples as dicts and lists, so ``torch.load(weights_only=True)`` reads them."""
+# What lagm_ray imports, checked on G_ema's init arguments before anything is built. The ranges are generous
+# around every published StyleGAN2-ADA configuration (z_dim = w_dim = 512, 2-8 mapping layers, channel_base
+# 16384-32768, channel_max 512, 32-1024 px); what bounds memory is MAX_GENERATOR_BYTES, on the parameters and
+# buffers the arguments describe: 1 GiB of float32 (268M values), 8x NVlabs' 1024 px config-f generator
+# (30M parameters and buffers), and a size that the import (the pickle's tensors, our generator, one copy of
+# its state dict) handles on any machine that can train with it. A fixed bound, not the machine's free memory:
+# the same file is accepted or refused everywhere.
+MAX_GENERATOR_BYTES = 1 << 30
+_MAX_DIM = 1 << 14  # z_dim, w_dim, c_dim, hidden features, channel_max (NVlabs: 512)
+_MAX_RESOLUTION = 4096  # NVlabs' largest is 1024; power of two from 4
+_MAX_SHOWN = 60  # characters of a refused value quoted in a message
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _argument_problems(kw: dict[str, Any], mapping: dict[str, Any], synthesis: dict[str, Any]) -> list[str]:
+    """Type and range of every init argument; ``[]`` when the generator they describe can be sized and built."""
+    problems: list[str] = []
+
+    def integer(name: str, value: Any, low: int, high: int, optional: bool = False) -> bool:
+        if (optional and value is None) or (_is_int(value) and low <= value <= high):
+            return True
+        problems.append(f"{name}={_shown(value)} (an integer in {low}..{high}{' or None' if optional else ''})")
+        return False
+
+    def real(name: str, value: Any, low: float, high: float, optional: bool = False, open_low: bool = False):
+        if (optional and value is None) or (_is_real(value) and (low < value if open_low else low <= value)
+                                            and value <= high):
+            return
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        problems.append(f"{name}={_shown(value)} (a number in {interval}{' or None' if optional else ''})")
+
+    def boolean(name: str, value: Any) -> None:
+        if not isinstance(value, bool):
+            problems.append(f"{name}={_shown(value)} (True or False)")
+
+    dims_ok = [integer(k, kw[k], 0, _MAX_DIM) for k in ("z_dim", "c_dim")]
+    integer("w_dim", kw["w_dim"], 1, _MAX_DIM)
+    integer("img_channels", kw["img_channels"], 1, 4)
+    res = kw["img_resolution"]
+    res_ok = _is_int(res) and 4 <= res <= _MAX_RESOLUTION and res & (res - 1) == 0
+    if not res_ok:
+        problems.append(f"img_resolution={_shown(res)} (a power of two in 4..{_MAX_RESOLUTION})")
+    if all(dims_ok) and kw["z_dim"] + kw["c_dim"] == 0:
+        problems.append("z_dim=0 and c_dim=0 (the mapping network needs a latent or a label)")
+
+    m = "mapping_kwargs."
+    integer(m + "num_layers", mapping.get("num_layers", 8), 1, 64)
+    integer(m + "embed_features", mapping.get("embed_features"), 1, _MAX_DIM, optional=True)
+    integer(m + "layer_features", mapping.get("layer_features"), 1, _MAX_DIM, optional=True)
+    real(m + "lr_multiplier", mapping.get("lr_multiplier", 0.01), 0, 1e3, open_low=True)
+    real(m + "w_avg_beta", mapping.get("w_avg_beta", 0.995), 0, 1, optional=True)
+
+    s = "synthesis_kwargs."
+    base_ok = integer(s + "channel_base", synthesis.get("channel_base", 32768), 1, 1 << 24)
+    integer(s + "channel_max", synthesis.get("channel_max", 512), 1, _MAX_DIM)
+    if base_ok and res_ok and synthesis.get("channel_base", 32768) < res:
+        problems.append(f"{s}channel_base={synthesis['channel_base']} (at least img_resolution={res}: channels "
+                        "per block are channel_base // resolution)")
+    integer(s + "num_fp16_res", synthesis.get("num_fp16_res", 0), 0, 16)
+    real(s + "conv_clamp", synthesis.get("conv_clamp"), 0, 1e6, optional=True)
+    kernel = synthesis.get("kernel_size", 3)
+    if integer(s + "kernel_size", kernel, 1, 15) and kernel % 2 == 0:
+        problems.append(f"{s}kernel_size={kernel} (odd: the convolutions keep their resolution)")
+    boolean(s + "use_noise", synthesis.get("use_noise", True))
+    boolean(s + "fp16_channels_last", synthesis.get("fp16_channels_last", False))
+    taps = synthesis.get("resample_filter", [1, 3, 3, 1])
+    if (not isinstance(taps, (list, tuple)) or not 1 <= len(taps) <= 16 or not all(map(_is_real, taps))
+            or sum(taps) == 0):
+        problems.append(f"{s}resample_filter={_shown(taps)} (1 to 16 numbers with a non-zero sum)")
+    return problems
+
+
+def generator_numel(init_kwargs: dict[str, Any]) -> int:
+    """Parameters and buffers (``state_dict()`` and non-persistent buffers) of ``Generator(**init_kwargs)``,
+    computed from the arguments alone, as ``Generator`` lays them out; for arguments that passed the checks."""
+    z_dim, c_dim, w_dim = init_kwargs["z_dim"], init_kwargs["c_dim"], init_kwargs["w_dim"]
+    mapping = init_kwargs.get("mapping_kwargs") or {}
+    embed = (mapping.get("embed_features") or w_dim) if c_dim else 0
+    hidden = mapping.get("layer_features") or w_dim
+    features = [z_dim + embed] + [hidden] * (mapping.get("num_layers", 8) - 1) + [w_dim]
+    n = c_dim * embed + embed if c_dim else 0
+    n += sum(a * b + b for a, b in zip(features[:-1], features[1:]))  # fc layers: weight and bias
+    n += w_dim if mapping.get("w_avg_beta", 0.995) is not None else 0  # w_avg
+
+    res_max, img_channels = init_kwargs["img_resolution"], init_kwargs["img_channels"]
+    base, cmax = init_kwargs.get("channel_base", 32768), init_kwargs.get("channel_max", 512)
+    k, noise = init_kwargs.get("kernel_size", 3), init_kwargs.get("use_noise", True)
+    taps = len(init_kwargs.get("resample_filter", [1, 3, 3, 1])) ** 2  # each resample_filter buffer: outer product
+
+    def layer(c_in: int, c_out: int, res: int, taps: int) -> int:  # SynthesisLayer
+        return taps + (w_dim * c_in + c_in) + c_out * c_in * k * k + ((res * res + 1) if noise else 0) + c_out
+
+    res = 4
+    while res <= res_max:
+        ch = min(base // res, cmax)
+        n += taps  # the block's resample_filter
+        n += ch * res * res if res == 4 else layer(min(base // (res // 2), cmax), ch, res, taps)  # const or conv0
+        n += layer(ch, ch, res, 16)  # conv1: not given resample_filter (as in NVlabs), so its default 4 taps
+        n += (w_dim * ch + ch) + img_channels * ch + img_channels  # torgb: affine, 1x1 weight, bias
+        res *= 2
+    return n
+
+
+_MAX_NESTING = 16  # of init arguments and training_set_kwargs (NVlabs: 2)
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """EasyDicts, OrderedDicts and tuples as dicts and lists, so ``torch.load(weights_only=True)`` reads them.
+    A pickle can make a container that holds itself; nesting deeper than ``_MAX_NESTING`` is refused."""
+    if isinstance(value, (dict, list, tuple)) and depth >= _MAX_NESTING:
+        raise CheckpointError(f"arguments nested more than {_MAX_NESTING} deep (or a container that holds itself)")
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, depth + 1) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -272,27 +390,41 @@ def generator_init_kwargs(record: PersistentRecord, path: str | Path = "") -> di
     where = f"{path}: G_ema" if path else "G_ema"
     if record.class_name != "Generator":
         raise CheckpointError(f"{where} is a {record.class_name}, not an NVlabs StyleGAN2 Generator")
-    args = record.init_args
-    if "_init_kwargs" not in record.state or len(args) > len(_G_PARAMS):
+    args, kwargs = record.state.get("_init_args") or (), record.state.get("_init_kwargs")
+    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict) or len(args) > len(_G_PARAMS):
         raise CheckpointError(f"{where} has no usable init arguments (not made by torch_utils.persistence?)")
-    kw = {**dict(zip(_G_PARAMS, args)), **_plain(record.init_kwargs)}
+    kw = {**dict(zip(_G_PARAMS, _plain(args))), **_plain(kwargs)}
     unknown = sorted(set(kw) - set(_G_PARAMS))
     missing = sorted({"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"} - set(kw))
     if unknown or missing:
         raise CheckpointError(f"{where}: unsupported Generator arguments {unknown}, missing {missing}")
-    mapping = dict(kw.pop("mapping_kwargs", None) or {})
-    synthesis = {k: v for k, v in dict(kw.pop("synthesis_kwargs", None) or {}).items() if k not in _LAYOUT_ONLY}
+    mapping, raw_synthesis = kw.pop("mapping_kwargs", None) or {}, kw.pop("synthesis_kwargs", None) or {}
+    if not isinstance(mapping, dict) or not isinstance(raw_synthesis, dict):
+        raise CheckpointError(f"{where}: mapping_kwargs and synthesis_kwargs must be dicts, got "
+                              f"{type(mapping).__name__} and {type(raw_synthesis).__name__}")
+    mapping = dict(mapping)
+    synthesis = {k: v for k, v in raw_synthesis.items() if k not in _LAYOUT_ONLY}
     problems = [f"mapping_kwargs.{k}" for k in sorted(set(mapping) - _MAPPING_OPTIONS)]
     problems += [f"synthesis_kwargs.{k}" for k in sorted(set(synthesis) - _SYNTHESIS_OPTIONS)]
     if synthesis.get("architecture", "skip") != "skip":
-        problems.append(f"synthesis_kwargs.architecture={synthesis['architecture']!r} (only 'skip', StyleGAN2 "
-                        "config-f, is implemented)")
+        problems.append(f"synthesis_kwargs.architecture={_shown(synthesis['architecture'])} (only 'skip', "
+                        "StyleGAN2 config-f, is implemented)")
     for name, opts in (("mapping_kwargs", mapping), ("synthesis_kwargs", synthesis)):
         if opts.get("activation", "lrelu") not in _ACTIVATIONS:
-            problems.append(f"{name}.activation={opts['activation']!r} (only {', '.join(_ACTIVATIONS)})")
+            problems.append(f"{name}.activation={_shown(opts['activation'])} (only {', '.join(_ACTIVATIONS)})")
     if problems:
         raise CheckpointError(f"{where}: options our generator does not support: {'; '.join(problems)}")
-    return {**kw, "mapping_kwargs": mapping, **synthesis}
+    problems = _argument_problems(kw, mapping, {**raw_synthesis, **synthesis})
+    if problems:
+        raise CheckpointError(f"{where}: init arguments out of range: {'; '.join(problems)}")
+    init_kwargs = {**kw, "mapping_kwargs": mapping, **synthesis}
+    numel = generator_numel(init_kwargs)
+    if numel * 4 > MAX_GENERATOR_BYTES:
+        raise CheckpointError(
+            f"{where}: its init arguments describe a generator of {numel:,} parameters and buffers "
+            f"({numel * 4 / 2**30:,.1f} GiB as float32), more than the {MAX_GENERATOR_BYTES / 2**30:g} GiB lagm_ray "
+            f"imports (nvlabs_import.MAX_GENERATOR_BYTES); nothing was built")
+    return init_kwargs
 
 
 def record_state_dict(record: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -339,11 +471,16 @@ def generator_from_record(record: PersistentRecord, path: str | Path = "") -> tu
 def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any], dict[str, Any]]:
     """(generator, init kwargs, meta) from an NVlabs pickle: a snapshot dict, ``{'G_ema': ...}`` or a network."""
     obj = load_network_pickle(path)
-    G, init_kwargs = generator_from_record(find_generator_record(obj, path), path)
-    meta: dict[str, Any] = {"source": "nvlabs", "imported_from": str(path), "imported_sha256": sha256_file(path),
-                            "resolution": G.img_resolution}
-    if isinstance(obj, dict) and isinstance(obj.get("training_set_kwargs"), dict):
-        kept = {k: v for k, v in _plain(obj["training_set_kwargs"]).items()
-                if v is None or isinstance(v, (bool, int, float, str))}
-        meta["training_set_kwargs"] = kept
+    try:
+        G, init_kwargs = generator_from_record(find_generator_record(obj, path), path)
+        meta: dict[str, Any] = {"source": "nvlabs", "imported_from": str(path), "imported_sha256": sha256_file(path),
+                                "resolution": G.img_resolution}
+        if isinstance(obj, dict) and isinstance(obj.get("training_set_kwargs"), dict):
+            kept = {k: v for k, v in _plain(obj["training_set_kwargs"]).items()
+                    if v is None or isinstance(v, (bool, int, float, str))}
+            meta["training_set_kwargs"] = kept
+    except CheckpointError as e:  # every message starts with the file
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise type(e)(f"{path}: {e}") from e
     return G, init_kwargs, meta
