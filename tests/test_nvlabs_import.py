@@ -299,7 +299,7 @@ def test_find_class_imports_no_module(tmp_path):
                 ("torch._dynamo", "optimize"), ("smtplib", "SMTP"), ("__builtin__", "__import__")]
     paths = []
     for i, (module, name) in enumerate(globals_):
-        paths.append(tmp_path / f"g{i}.pkl")
+        paths.append(tmp_path / f"g{i}{('.pkl', '.pickle', '.pt', '')[i % 4]}")  # content decides, not suffix
         paths[-1].write_bytes(b"\x80\x02" + f"c{module}\n{name}\n".encode() + b")R.")
     results = run_isolated(NO_IMPORT, *map(str, paths))
     for (module, name), path, r in zip(globals_, paths, results):
@@ -544,3 +544,146 @@ def test_init_arguments_holding_themselves_are_refused(tmp_path, persistence):
     dump_records({"G_ema": g}, path, persistence)
     with pytest.raises(CheckpointError, match=r"loop\.pkl: arguments nested more than 16 deep"):
         import_generator(path)
+
+
+
+# ------------------------------------------------------------------- files told apart by content
+
+
+def chain_text(e: BaseException) -> str:
+    """Every message in an exception's chain, as a traceback would show them."""
+    texts = []
+    while e is not None:
+        texts.append(str(e))
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return "\n".join(texts)
+
+
+def not_a_pickle_files(tmp_path: Path) -> dict[str, Path]:
+    import bz2
+    import gzip
+    import tarfile
+    import zipfile
+
+    import numpy as np
+
+    files = {}
+
+    def put(what: str, name: str, data: bytes) -> None:
+        files[what] = tmp_path / name
+        files[what].write_bytes(data)
+
+    put("a PNG image", "G.pkl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    put("a JPEG image", "G2.pkl", b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(64))
+    put("a gzip-compressed file", "snapshot.pkl", gzip.compress(PKL.read_bytes()[:4096]))  # gzipped pickle
+    put("a bzip2-compressed file", "snapshot2.pkl", bz2.compress(PKL.read_bytes()[:4096]))
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    put("a numpy .npy array", "arr.pkl", (tmp_path / "arr.npy").read_bytes())
+    np.savez(tmp_path / "arr.npz", a=np.zeros(3))
+    put("a zip archive without a torch checkpoint's data.pkl (a dataset, an .npz, ...)", "npz.pkl",
+        (tmp_path / "arr.npz").read_bytes())
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        tar.add(PKL, arcname="network-snapshot-000000.pkl")
+    put("a tar archive", "tar.pkl", (tmp_path / "x.tar").read_bytes())
+    with zipfile.ZipFile(tmp_path / "ts.pt", "w") as z:  # the entries that make torch.load call torch.jit.load
+        for name in ("ts/data.pkl", "ts/constants.pkl", "ts/code/__torch__.py", "ts/version"):
+            z.writestr(name, b"")
+    put("a TorchScript archive (torch.jit.save: code, not only weights)", "ts.pkl", (tmp_path / "ts.pt").read_bytes())
+    return files
+
+
+def test_a_file_that_is_not_a_pickle_is_named(tmp_path):
+    for what, path in not_a_pickle_files(tmp_path).items():
+        with pytest.raises(CheckpointError) as e:
+            load_generator(path)
+        assert str(e.value).startswith(f"{path}: this is {what}, not a generator checkpoint"), str(e.value)
+        with pytest.raises(CheckpointError) as e:
+            import_generator(path)
+        assert str(e.value) == f"{path}: this is {what}, not an NVlabs network pickle"
+
+
+def test_cli_names_a_png_renamed_pkl(tmp_path):
+    from lagm_ray.cli import app
+
+    png = not_a_pickle_files(tmp_path)["a PNG image"]
+    result = CliRunner().invoke(app, ["import-generator", str(png), "--out", str(tmp_path / "out.pt")])
+    assert result.exit_code == 2
+    assert "thisisaPNGimage,notanNVlabsnetworkpickle" in "".join(result.output.split())
+    assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["G.pickle", "G.pt", "G", "network-snapshot.PKL"])
+def test_an_nvlabs_pickle_is_recognised_whatever_its_suffix(tmp_path, ref, name):
+    path = tmp_path / name
+    shutil.copy(PKL, path)
+    G, meta = load_generator(path)
+    assert meta["source"] == "nvlabs" and meta["imported_from"] == str(path)
+    assert_matches_nvlabs(G, ref)
+
+
+@pytest.mark.parametrize("name,legacy", [("G.pkl", False), ("G.pickle", False), ("G.pkl", True), ("G.bin", True)])
+def test_a_torch_checkpoint_is_read_weights_only_whatever_its_suffix(tmp_path, ref, name, legacy):
+    from lagm_ray.synthetic import import_nvlabs_checkpoint
+
+    path = tmp_path / name
+    torch.save(import_nvlabs_checkpoint(PKL), path, _use_new_zipfile_serialization=not legacy)
+    G, meta = load_generator(path)
+    assert meta["source"] == "nvlabs"  # the meta of the checkpoint, not of an import of it
+    assert_matches_nvlabs(G, ref)
+    with pytest.raises(CheckpointError, match="this is a torch checkpoint .* not an NVlabs network pickle"):
+        import_generator(path)
+
+
+class Payload:
+    """Pickles as a call of a global that no weights-only loader allows."""
+
+    def __reduce__(self):
+        return shutil.rmtree, ("/nonexistent-lagm-test",)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_checkpoint_with_a_global_is_refused_without_torch_advice(tmp_path, legacy):
+    path = tmp_path / "G.pkl"  # a torch checkpoint named like a pickle
+    torch.save({"format": "lagm_ray.generator/v1", "x": Payload()}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafePickleError) as e:
+        load_generator(path)
+    assert str(e.value).startswith(f"{path}: refused global shutil.rmtree: ")
+    assert "weights_only" not in chain_text(e.value) and "safe_globals" not in chain_text(e.value)
+
+
+def test_unreadable_torch_checkpoint_is_rephrased(tmp_path):
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    torch.save({"x": torch.zeros(100)}, good)
+    paths = {"cut": tmp_path / "cut.pkl", "opcode": tmp_path / "opcode.pt", "legacy_cut": tmp_path / "legacy.pt"}
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(paths["opcode"], "w") as out:
+        for n in src.namelist():  # data.pkl with an opcode the weights-only unpickler refuses
+            out.writestr(n, b"\x80\x02c__builtin__\nexec\n." if n.endswith("data.pkl") else src.read(n))
+    torch.save({"x": torch.zeros(100)}, tmp_path / "l.pt", _use_new_zipfile_serialization=False)
+    paths["legacy_cut"].write_bytes((tmp_path / "l.pt").read_bytes()[:300])
+    paths["cut"].write_bytes(good.read_bytes()[:-200])
+    for path in paths.values():
+        with pytest.raises(CheckpointError) as e:
+            load_generator(path)
+        text = chain_text(e.value)
+        assert str(e.value).startswith(f"{path}: "), text
+        assert "weights_only" not in text and "safe_globals" not in text, text
+
+
+def test_storage_bytes_with_a_global_are_refused_without_torch_advice(tmp_path):
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save(Payload(), buf)
+
+    class EvilStorage:
+        def __reduce__(self):
+            return torch.storage._load_from_bytes, (buf.getvalue(),)
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": EvilStorage()}, protocol=4))
+    with pytest.raises(UnsafePickleError) as e:
+        load_network_pickle(path)
+    assert str(e.value).startswith(f"{path}: tensor storage: refused global shutil.rmtree: ")
+    assert "weights_only" not in chain_text(e.value)

@@ -13,11 +13,17 @@ NVlabs' loader ``exec``s ``module_src``. Here nothing from the file is ever run 
 * a persistent object becomes an inert :class:`PersistentRecord` (class name + state); ``module_src`` is kept
   only as a SHA-256;
 * tensor storages, pickled by torch as bytes in its legacy format, are read by
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``, and a tensor is a view that must lie inside its storage.
 
-:func:`import_generator` then rebuilds our :class:`~lagm_ray.models.generator.Generator` from ``G_ema``'s
-init kwargs and loads the parameters and buffers found by walking the records' ``_modules`` /
-``_parameters`` / ``_buffers``, with strict key and shape matching.
+Before that, :func:`identify_file` tells the file's type by its first bytes, whatever its suffix: a torch.save
+checkpoint or a PNG, gzip, zip, ... is named in the error instead of failing as a corrupt pickle (and
+:mod:`lagm_ray.synthetic` sends torch checkpoints to ``torch.load(weights_only=True)``, with its errors rephrased
+by :func:`torch_load_error`: torch's advice to load with ``weights_only=False`` is never passed on).
+
+:func:`import_generator` then checks ``G_ema``'s init arguments (types, ranges, and the size of the generator
+they describe, at most ``MAX_GENERATOR_BYTES``) before anything is built, rebuilds our
+:class:`~lagm_ray.models.generator.Generator` from them and loads the parameters and buffers found by walking
+the records' ``_modules`` / ``_parameters`` / ``_buffers``, with strict key and shape matching.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import hashlib
 import io
 import math
 import pickle
+import re
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +78,72 @@ class PersistentRecord:
         return dict(self.state.get("_init_kwargs") or {})
 
 
+# ------------------------------------------------------------------------------ file types
+
+# What a file that is not a pickle is, by its first bytes, for a message that names it.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip-compressed file"), (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"), (b"\x93NUMPY", "a numpy .npy array"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"PK\x05\x06", "an empty zip archive"),
+)
+# torch.save's legacy (non-zip) format starts with a pickle of this magic number, in the protocol it was saved with.
+_TORCH_LEGACY_HEADERS = tuple(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=p) for p in range(2, 6))
+
+
+@dataclass(frozen=True)
+class FileType:
+    kind: str  # "pickle" (including protocol 0/1 text and anything unrecognised), "torch", "empty" or "other"
+    description: str  # "a PNG image", "a torch checkpoint (torch.save, zip format)", ...
+
+
+def identify_file(path: str | Path) -> FileType:
+    """What a file is, by its content, whatever its suffix: a torch.save checkpoint (zip or legacy format), a
+    known non-pickle type, or else (possibly) a pickle. Reads 512 bytes, and a zip archive's directory."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return FileType("empty", "an empty file")
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            return FileType("other", f"a damaged zip archive ({e})")
+        top = {n.split("/", 1)[-1] for n in names}
+        if "constants.pkl" in top or any(n.split("/", 1)[-1].startswith("code/") for n in names):
+            return FileType("other", "a TorchScript archive (torch.jit.save: code, not only weights)")
+        if "data.pkl" in top:
+            return FileType("torch", "a torch checkpoint (torch.save, zip format)")
+        return FileType("other", "a zip archive without a torch checkpoint's data.pkl (a dataset, an .npz, ...)")
+    if head.startswith(_TORCH_LEGACY_HEADERS):
+        return FileType("torch", "a torch checkpoint (torch.save, legacy format)")
+    for signature, description in _SIGNATURES:
+        if head.startswith(signature):
+            return FileType("other", description)
+    if head[257:262] == b"ustar":
+        return FileType("other", "a tar archive")
+    return FileType("pickle", "a pickle")
+
+
+def torch_load_error(where: str | Path, e: BaseException) -> CheckpointError:
+    """``torch.load(weights_only=True)``'s error, rephrased: torch's message advises loading again with
+    ``weights_only=False`` (which runs the file's code) or allow-listing the global, advice lagm_ray never gives."""
+    message = str(e)
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", message)
+    if found:
+        return UnsafePickleError(f"{where}: refused global {found.group(1)}: not one a weights-only checkpoint may "
+                                 "hold, and lagm_ray never runs code from a checkpoint")
+    if "WeightsUnpickler error:" in message:
+        message = message.rsplit("WeightsUnpickler error:", 1)[1]
+    elif "Weights only load failed" in message:
+        message = message.split("\n\n", 1)[1] if "\n\n" in message else ""
+    reason = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    if not reason or re.search(r"weights.only|add_safe_globals|safe_globals", reason, re.IGNORECASE):
+        reason = "weights-only loading refused it"
+    return CheckpointError(f"{where}: cannot read it as a torch checkpoint: {type(e).__name__}: {reason[:300]}")
+
+
 # ------------------------------------------------------------------------ restricted unpickling
 
 
@@ -90,7 +164,10 @@ def _load_storage(data: Any) -> Any:
     ``weights_only=True`` (torch's own restricted unpickler) instead of torch's ``weights_only=False``."""
     if not isinstance(data, (bytes, bytearray)):
         raise CheckpointError(f"tensor storage is {type(data).__name__}, not bytes")
-    storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    try:
+        storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise torch_load_error("tensor storage", e) from None  # torch's message advises weights_only=False
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise CheckpointError(f"tensor storage bytes hold a {type(storage).__name__}")
     return storage
@@ -221,13 +298,21 @@ def load_network_pickle(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NVlabs network pickle not found: {path}")
+    found = identify_file(path)
+    if found.kind == "empty":
+        raise CheckpointError(f"{path}: not a readable NVlabs network pickle: the file is empty")
+    if found.kind == "torch":
+        raise CheckpointError(f"{path}: this is {found.description}, not an NVlabs network pickle (a lagm_ray "
+                              "generator checkpoint needs no import: use it as it is)")
+    if found.kind != "pickle":
+        raise CheckpointError(f"{path}: this is {found.description}, not an NVlabs network pickle")
     try:
         with open(path, "rb") as f:
             return NetworkUnpickler(f, path).load()
-    except CheckpointError as e:
-        if str(path) in str(e):
+    except CheckpointError as e:  # UnsafePickleError stays one
+        if str(e).startswith(f"{path}:"):
             raise
-        raise CheckpointError(f"{path}: {e}") from e
+        raise type(e)(f"{path}: {e}") from e
     except Exception as e:  # EOFError, UnpicklingError, RecursionError, ... from a truncated or corrupt file
         raise CheckpointError(f"{path}: not a readable NVlabs network pickle (truncated or corrupt?): "
                               f"{type(e).__name__}: {e}") from e
