@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import types
 from collections import OrderedDict
 from pathlib import Path
@@ -30,6 +31,7 @@ from lagm_ray.models.nvlabs_import import (
     generator_numel,
     import_generator,
     load_network_pickle,
+    record_state_dict,
 )
 from lagm_ray.storage import sha256_file
 from lagm_ray.synthetic import SyntheticSource, load_generator
@@ -687,3 +689,39 @@ def test_storage_bytes_with_a_global_are_refused_without_torch_advice(tmp_path):
         load_network_pickle(path)
     assert str(e.value).startswith(f"{path}: tensor storage: refused global shutil.rmtree: ")
     assert "weights_only" not in chain_text(e.value)
+
+
+# ------------------------------------------------------------------------- module records form a tree
+
+
+def test_a_module_record_under_itself_is_refused(tmp_path):
+    """Built with the pickle memo: the record's own _modules dict, filled after the record exists."""
+    def text(x: str) -> bytes:
+        return b"\x8c" + bytes([len(x)]) + x.encode()
+
+    path = tmp_path / "loop.pkl"
+    path.write_bytes(b"\x80\x04ctorch_utils.persistence\n_reconstruct_persistent_obj\n}(" + text("type")
+                     + text("class") + text("class_name") + text("Generator") + text("state") + b"}("
+                     + text("_modules") + b"}\x94uu\x85R\x94h\x00" + text("loop") + b"h\x01s0.")
+    record = load_network_pickle(path)
+    assert record.state["_modules"]["loop"] is record
+    with pytest.raises(CheckpointError, match=r"^module loop is reached twice \(a module under two parents, or a loop\)"):
+        record_state_dict(record)
+
+
+@pytest.mark.parametrize("levels,reason", [(20, r"extra(\.a)*\.b is reached twice \(a module under two parents"),
+                                           (40, r"extra(\.a){32} is nested more than 32 deep")])
+def test_a_module_record_under_two_parents_is_refused_at_once(tmp_path, persistence, levels, reason):
+    """Levels of two references to the next: a walk that followed them would visit 2**levels records."""
+    g = load_network_pickle(PKL)["G_ema"]
+    child = PersistentRecord("Leaf", {"_modules": {}}, 6, "")
+    for _ in range(levels):
+        child = PersistentRecord("Pair", {"_modules": {"a": child, "b": child}}, 6, "")
+    g.state["_modules"]["extra"] = child
+    path = tmp_path / "dag.pkl"
+    dump_records(g, path, persistence)
+    assert path.stat().st_size < PKL.stat().st_size * 2  # the pickle memo keeps it small
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"dag\.pkl: module {reason}"):
+        import_generator(path)
+    assert time.perf_counter() - start < 5

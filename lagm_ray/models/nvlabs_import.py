@@ -512,24 +512,45 @@ def generator_init_kwargs(record: PersistentRecord, path: str | Path = "") -> di
     return init_kwargs
 
 
+_MAX_MODULE_DEPTH = 32  # NVlabs' G_ema: G_ema.synthesis.b1024.conv0.affine is 4 deep
+
+
 def record_state_dict(record: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` of a record tree: persistent parameters and buffers under dotted names."""
+    """``module.state_dict()`` of a record tree: persistent parameters and buffers under dotted names.
+    A tree it must be: a pickle's memo can put one record under two parents (a walk that doubles at each
+    level) or under itself; both are refused, as is nesting deeper than ``_MAX_MODULE_DEPTH``."""
     out: dict[str, torch.Tensor] = {}
-    state = record.state
-    non_persistent = set(state.get("_non_persistent_buffers_set") or ())
-    for kind in ("_parameters", "_buffers"):
-        for name, t in (state.get(kind) or {}).items():
-            if t is None or (kind == "_buffers" and name in non_persistent):
+    seen: set[int] = set()
+
+    def walk(rec: PersistentRecord, prefix: str, depth: int) -> None:
+        where = prefix.rstrip(".") or "the network"
+        if id(rec) in seen:
+            raise CheckpointError(f"module {where} is reached twice (a module under two parents, or a loop)")
+        if depth > _MAX_MODULE_DEPTH:
+            raise CheckpointError(f"module {where} is nested more than {_MAX_MODULE_DEPTH} deep")
+        seen.add(id(rec))
+        state = rec.state
+        non_persistent = state.get("_non_persistent_buffers_set") or set()
+        tables = {kind: state.get(kind) or {} for kind in ("_parameters", "_buffers", "_modules")}
+        bad = [k for k, v in tables.items() if not isinstance(v, dict)]
+        if bad or not isinstance(non_persistent, (set, frozenset)):
+            raise CheckpointError(f"module {where}: {', '.join(bad) or '_non_persistent_buffers_set'} "
+                                  "of the wrong type")
+        for kind in ("_parameters", "_buffers"):
+            for name, t in tables[kind].items():
+                if t is None or (kind == "_buffers" and name in non_persistent):
+                    continue
+                if not isinstance(t, torch.Tensor):
+                    raise CheckpointError(f"{prefix}{name} is a {type(t).__name__}, not a tensor")
+                out[f"{prefix}{name}"] = t
+        for name, child in tables["_modules"].items():
+            if child is None:
                 continue
-            if not isinstance(t, torch.Tensor):
-                raise CheckpointError(f"{prefix}{name} is a {type(t).__name__}, not a tensor")
-            out[prefix + name] = t
-    for name, child in (state.get("_modules") or {}).items():
-        if child is None:
-            continue
-        if not isinstance(child, PersistentRecord):
-            raise CheckpointError(f"submodule {prefix}{name} is a {type(child).__name__}, not a network record")
-        out.update(record_state_dict(child, f"{prefix}{name}."))
+            if not isinstance(child, PersistentRecord):
+                raise CheckpointError(f"submodule {prefix}{name} is a {type(child).__name__}, not a network record")
+            walk(child, f"{prefix}{name}.", depth + 1)
+
+    walk(record, prefix, 0)
     return out
 
 
