@@ -184,7 +184,7 @@ def _check_view(storage_offset: Any, size: Any, stride: Any, storage_numel: int)
     """A tensor view must lie inside its storage: ``Tensor.set_`` (which torch's own rebuild calls) grows a
     storage that is too small, so a view past its end would come back padded with uninitialised memory
     (or allocate as much as its size asks). Refuses negative or non-integer offsets, sizes and strides."""
-    geometry = f"size {size!r}, stride {stride!r}, offset {storage_offset!r}"
+    geometry = f"size {_shown(size)}, stride {_shown(stride)}, offset {_shown(storage_offset)}"
     if (not _is_int(storage_offset) or not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list))
             or not all(map(_is_int, size)) or not all(map(_is_int, stride))):
         raise CheckpointError(f"tensor view with {geometry}: offset, sizes and strides must be integers")
@@ -286,7 +286,7 @@ class NetworkUnpickler(pickle.Unpickler):
         hint = ("if this file is trusted, convert it with NVlabs' own code" if not module.startswith("dnnlib.tflib")
                 else "a TensorFlow StyleGAN pickle: convert it with stylegan2-ada-pytorch's legacy.py first")
         raise UnsafePickleError(
-            f"{self.path}: refused global {module}.{name}: not one an NVlabs network pickle needs, and "
+            f"{self.path}: refused global {f'{module}.{name}'[:200]}: not one an NVlabs network pickle needs, and "
             f"lagm_ray never runs code from a pickle ({hint})")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -335,9 +335,10 @@ _ACTIVATIONS = ("lrelu", "linear")  # what our bias_act implements
 # around every published StyleGAN2-ADA configuration (z_dim = w_dim = 512, 2-8 mapping layers, channel_base
 # 16384-32768, channel_max 512, 32-1024 px); what bounds memory is MAX_GENERATOR_BYTES, on the parameters and
 # buffers the arguments describe: 1 GiB of float32 (268M values), 8x NVlabs' 1024 px config-f generator
-# (30M parameters and buffers), and a size that the import (the pickle's tensors, our generator, one copy of
-# its state dict) handles on any machine that can train with it. A fixed bound, not the machine's free memory:
-# the same file is accepted or refused everywhere.
+# (33.2M parameters and buffers; a 2048 px one with channel_max 1024 is 117M). An import holds the pickle's own
+# tensors (G, G_ema and D) and builds the generator, and load_generator builds it once more from the import,
+# so a generator at the bound peaks at a few GiB: fine on a training machine, refused before anything is built
+# beyond it. A fixed bound, not the machine's free memory: the same file is accepted or refused everywhere.
 MAX_GENERATOR_BYTES = 1 << 30
 _MAX_DIM = 1 << 14  # z_dim, w_dim, c_dim, hidden features, channel_max (NVlabs: 512)
 _MAX_RESOLUTION = 4096  # NVlabs' largest is 1024; power of two from 4
@@ -443,17 +444,25 @@ def generator_numel(init_kwargs: dict[str, Any]) -> int:
 
 
 _MAX_NESTING = 16  # of init arguments and training_set_kwargs (NVlabs: 2)
+_MAX_VALUES = 10_000  # values in them, counted as copied (NVlabs: about 20)
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
+def _plain(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
     """EasyDicts, OrderedDicts and tuples as dicts and lists, so ``torch.load(weights_only=True)`` reads them.
-    A pickle can make a container that holds itself; nesting deeper than ``_MAX_NESTING`` is refused."""
-    if isinstance(value, (dict, list, tuple)) and depth >= _MAX_NESTING:
-        raise CheckpointError(f"arguments nested more than {_MAX_NESTING} deep (or a container that holds itself)")
+    A pickle's memo can make a container hold itself, or hold one container many times at every level (a few
+    bytes in the file, exponentially many values to copy): nesting beyond ``_MAX_NESTING`` and more than
+    ``_MAX_VALUES`` values are refused."""
+    budget = [_MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0 or (isinstance(value, (dict, list, tuple)) and depth >= _MAX_NESTING):
+        raise CheckpointError(f"arguments nested more than {_MAX_NESTING} deep or holding more than {_MAX_VALUES} "
+                              "values (a container that holds itself?)")
     if isinstance(value, dict):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+        if not all(isinstance(k, str) for k in value):
+            raise CheckpointError(f"arguments with a key that is not a string: {_shown(list(value))}")
+        return {k: _plain(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, depth + 1) for v in value]
+        return [_plain(v, budget, depth + 1) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
