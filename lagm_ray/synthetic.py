@@ -8,9 +8,11 @@ Generator checkpoints are plain dicts loaded with ``weights_only=True``::
 For the embedded world the latent *is* the scene: the renderer's parameters are
 ``normal_cdf(z[:, :P])``, so every generated image has an exact true mask (the render of those
 parameters), which no real GAN can offer. ``embedded:<category>`` names the toy generators shipped
-in ``lagm_ray/assets``. A ``.pkl`` path is an NVlabs stylegan2-ada-pytorch network pickle, read by
-:mod:`lagm_ray.models.nvlabs_import` (which never runs code from the pickle); ``lagm import-generator``
-converts one to the format above once, with a category and class names in its meta.
+in ``lagm_ray/assets``. A file is told by its content, whatever its suffix: a torch.save checkpoint (zip or
+legacy format) is read with ``weights_only=True``; a pickle is taken for an NVlabs stylegan2-ada-pytorch network
+pickle, read by :mod:`lagm_ray.models.nvlabs_import` (which never runs code from the pickle); any other file
+(an image, an archive) is refused with its type named. ``lagm import-generator`` converts an NVlabs pickle to the
+format above once, with a category and class names in its meta.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .models.generator import Generator
 from .storage import load_checkpoint
 
@@ -46,8 +48,24 @@ def latent_to_params(z: torch.Tensor, num_params: int) -> torch.Tensor:
     return p.float().clamp(0.0, 1.0 - 1e-6)
 
 
-def is_nvlabs_pickle(path: str | Path) -> bool:
-    return Path(path).suffix == ".pkl"
+def _read_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A torch checkpoint with ``torch.load(weights_only=True)``, an NVlabs pickle with the importer, whatever
+    the suffix; anything else refused, naming what it is. Torch's errors are rephrased: they advise loading
+    with ``weights_only=False``, which would run code from the file."""
+    from .models.nvlabs_import import identify_file, torch_load_error
+
+    if not path.is_file():
+        raise FileNotFoundError(f"generator checkpoint not found: {path} (not a file)")
+    found = identify_file(path)
+    if found.kind in ("pickle", "empty"):
+        return import_nvlabs_checkpoint(path)
+    if found.kind != "torch":
+        raise CheckpointError(f"{path}: this is {found.description}, not a generator checkpoint (a lagm_ray "
+                              "checkpoint written by torch.save, or an NVlabs network pickle)")
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise torch_load_error(path, e.__cause__ or e) from None
 
 
 def import_nvlabs_checkpoint(pkl: str | Path, category: str | None = None,
@@ -64,15 +82,16 @@ def import_nvlabs_checkpoint(pkl: str | Path, category: str | None = None,
 
 
 def read_generator_checkpoint(spec: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(path, checkpoint dict) of a generator spec: ``embedded:<category>``, a .pt or an NVlabs .pkl."""
+    """(path, checkpoint dict) of a generator spec: ``embedded:<category>``, or a file: a lagm_ray checkpoint
+    or an NVlabs network pickle, told apart by content."""
     path = resolve_generator_path(str(spec))
     if not path.exists():
         hint = " (train it with `lagm train-generator`)" if str(spec).startswith("embedded:") else ""
         raise FileNotFoundError(f"generator checkpoint not found: {path}{hint}")
-    ckpt = import_nvlabs_checkpoint(path) if is_nvlabs_pickle(path) else load_checkpoint(path)
-    if ckpt.get("format") != GENERATOR_FORMAT:
-        raise ValueError(f"{path}: not a lagm_ray generator checkpoint (format {ckpt.get('format')!r}); "
-                         "NVlabs pickles are read from a .pkl path or converted with `lagm import-generator`")
+    ckpt = _read_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != GENERATOR_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a lagm_ray generator checkpoint (format {found!r})")
     return path, ckpt
 
 
