@@ -12,6 +12,7 @@ from torch import nn
 from .data.datasets import resize_labels
 from .metrics import ConfusionMeter
 from .synthetic import SyntheticSource, feature_select, to_size
+from .viz import colorize, labelled_grid, to_uint8_image
 
 
 @torch.no_grad()
@@ -60,15 +61,11 @@ def picture_grid(annotator: nn.Module | None, segmentor: nn.Module, source: Synt
                  seg_size: int, n: int = 4, seed: int = 1234, feature_index: Sequence[int] | None = None):
     """Rows of generated samples (image, annotator labels, segmentor prediction, true mask) then
     rows of test images (image, -, segmentor prediction, true mask)."""
-    from .viz import labelled_grid
-
     C = len(class_names)
     cols: dict[str, list[np.ndarray]] = {"image": [], "annotator": [], "segmentor": [], "true mask": []}
     blank = np.full((seg_size, seg_size, 3), 255, np.uint8)
 
     def add(image, annot, pred, truth):
-        from .viz import colorize, to_uint8_image
-
         cols["image"].append(to_uint8_image(image))
         cols["annotator"].append(colorize(annot, C) if annot is not None else blank)
         cols["segmentor"].append(colorize(pred, C))

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import math
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
+from .storage import atomic_path
 from .tracking import (
     METRIC_TAG,
     STOPPED_TAG,
@@ -35,8 +39,6 @@ PERCENT = {"val FG-mIoU", "test FG-mIoU", "test mIoU", "annotator mIoU vs truth"
 
 def sweep_table(parent_run_id: str, uri: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One row per trial (child run): its swept values and result metrics; and the swept keys."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri(uri))
     parent = client.get_run(parent_run_id)
     swept = [k for k in parent.data.tags.get(SWEPT_TAG, "").split(",") if k]
@@ -140,11 +142,10 @@ def seed_summary_markdown(summary: pd.DataFrame) -> str:
 
 def plot_seed_bars(summary: pd.DataFrame, path: Path, title: str = "") -> None:
     """Bars of mean test FG-mIoU (and the annotator against true masks) per setting, error bars = std."""
-    import matplotlib
+    import matplotlib  # drawing only: matplotlib takes ~0.5 s to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # drawing only: matplotlib takes ~0.5 s to import
 
     keys = [c for c in summary.columns if c not in SPREAD_COLUMNS and not c.endswith(" std") and c != "seeds"]
     labels = [", ".join(str(r[k]) for k in keys) for _, r in summary.iterrows()]
@@ -168,10 +169,10 @@ def plot_seed_bars(summary: pd.DataFrame, path: Path, title: str = "") -> None:
 
 def plot(df: pd.DataFrame, swept: list[str], path: Path, title: str = "") -> None:
     """One panel per swept key: value against validation and test FG-mIoU (mean and every trial)."""
-    import matplotlib
+    import matplotlib  # drawing only: matplotlib takes ~0.5 s to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # drawing only: matplotlib takes ~0.5 s to import
 
     keys = swept or ["trial"]
     fig, axes = plt.subplots(1, len(keys), figsize=(max(5.5, 4.5 * len(keys)), 3.6), squeeze=False)
@@ -199,8 +200,6 @@ def plot(df: pd.DataFrame, swept: list[str], path: Path, title: str = "") -> Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        import textwrap
-
         fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")  # the atomic temp name has no .png suffix
@@ -211,8 +210,6 @@ def write_report(parent_run_id: str, uri: str | None = None, out_dir: str | Path
                  log: bool = True) -> dict[str, Path]:
     """summary.csv, summary.md and summary.png for a sweep; logged to its parent run under summary/
     (re-running overwrites them, so a restored sweep's report replaces the partial one)."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri(uri))
     parent = client.get_run(parent_run_id)
     df, swept = sweep_table(parent_run_id, uri)
@@ -223,7 +220,6 @@ def write_report(parent_run_id: str, uri: str | None = None, out_dir: str | Path
         out_dir = tmp.name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .storage import atomic_path
 
     paths = {"csv": out / "summary.csv", "markdown": out / "summary.md", "plot": out / "summary.png"}
     with atomic_path(paths["csv"]) as p:

@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SPACES = ROOT / "search_spaces"
 import sys
 
+import yaml
+
+from .distributed.sweep import absolute_paths, run_sweep
+from .report import sweep_table, to_markdown
+
 # Wide when piped (ray job logs, files): the comparison tables would otherwise fold at 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=200)
 
@@ -42,8 +47,6 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
     path = Path(path)
     name = args.name
     if name is None and args.quick:
-        import yaml
-
         name = f"{(yaml.safe_load(path.read_text()) or {}).get('name', path.stem)}-quick"
     spec = load_sweep(path, quick=args.quick, overrides=overrides, name=name)
     if args.trials is not None:
@@ -56,9 +59,6 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
 def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
         extra_callbacks=()):
     """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper."""
-    from .distributed.sweep import run_sweep
-    from .report import sweep_table, to_markdown
-
     spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
     results, parent = run_sweep(spec, storage_path=args.storage_path, resume=not args.fresh, spec_text=spec_text,
                                 extra_callbacks=extra_callbacks)
@@ -66,7 +66,6 @@ def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Tabl
     if parent is None:
         console.print(f"{len(results)} trials finished ({len(errors)} failed); tracking disabled")
         return results, None
-    from .distributed.sweep import absolute_paths
 
     uri = absolute_paths(spec.base).tracking.uri
     df, _ = sweep_table(parent, uri)

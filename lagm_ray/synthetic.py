@@ -24,8 +24,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .data.toyworld import render
 from .errors import CheckpointError, ConfigError
 from .models.generator import Generator
+from .models.nvlabs_import import import_generator
+from .models.safe_pickle import identify_file, torch_load_error
 from .storage import load_checkpoint
 
 ASSETS = Path(__file__).parent / "assets"
@@ -52,8 +55,6 @@ def _read_checkpoint_file(path: Path) -> dict[str, Any]:
     """A torch checkpoint with ``torch.load(weights_only=True)``, an NVlabs pickle with the importer, whatever
     the suffix; anything else refused, naming what it is. Torch's errors are rephrased: they advise loading
     with ``weights_only=False``, which would run code from the file."""
-    from .models.nvlabs_import import identify_file, torch_load_error
-
     if not path.is_file():
         raise FileNotFoundError(f"generator checkpoint not found: {path} (not a file)")
     found = identify_file(path)
@@ -71,8 +72,6 @@ def _read_checkpoint_file(path: Path) -> dict[str, Any]:
 def import_nvlabs_checkpoint(pkl: str | Path, category: str | None = None,
                              class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """An NVlabs pickle's G_ema as a generator checkpoint dict (``GENERATOR_FORMAT``)."""
-    from .models.nvlabs_import import import_generator
-
     G, init_kwargs, meta = import_generator(pkl)
     if category is not None:
         meta["category"] = category
@@ -188,8 +187,6 @@ class SyntheticSource:
                               true_masks=true_masks)
 
     def true_masks(self, z: torch.Tensor) -> torch.Tensor:
-        from .data.toyworld import render
-
         params = latent_to_params(z.cpu(), self.meta["num_params"])
         _, masks = render(self.meta["category"], params, self.resolution)
         return masks.to(self.device)

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .callbacks import Callback, TrainResult, is_interruption
+from .datagen import MANIFEST
 from .methods import Config
 from .storage import atomic_write_text, code_version
 
@@ -65,8 +66,6 @@ def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experi
                     uri: str | None = None, run_name: str | None = None) -> str:
     """One MLflow run per `lagm generate`: its settings as params, row counts, filtering and throughput as
     metrics, the manifest and a picture of sample rows as artifacts. Returns the run id."""
-    from .datagen import MANIFEST
-
     out = Path(out)
     experiment_id = use_experiment(experiment, uri)
     last = manifest.get("last_run", {})
@@ -268,15 +267,16 @@ STOPPED_TAG = "lagm.stopped_early"
 
 
 def close_stopped_trials(parent_run_id: str, uri: str | None, last_reports: dict[str, dict[str, float]]) -> int:
-    """Trials a scheduler (ASHA) stopped never reach their own end: their child runs are still RUNNING
-    and hold no result/ metrics. Give them their best-so-far from the last Tune report, tag them
-    stopped early and close them. ``last_reports``: Tune trial id -> last reported metrics."""
-
+    """Trials a scheduler (ASHA) stopped never reach their own end: their child runs are RUNNING (or
+    KILLED, when the stop reached the trainer as an interruption) and hold no result/ metrics. Give them
+    their best-so-far from the last Tune report, tag them stopped early and close them FINISHED: the
+    scheduler's stop is a normal end of a trial. ``last_reports``: Tune trial id -> last reported
+    metrics of the trials that ended without an error."""
     client = MlflowClient(tracking_uri(uri))
     closed = 0
     for run in child_runs(parent_run_id, uri):
         report = last_reports.get(run.data.tags.get(TRIAL_TAG, ""))
-        if run.info.status != "RUNNING" or report is None:
+        if run.info.status not in ("RUNNING", "KILLED") or report is None:
             continue
         result = {f"result/{k.removeprefix('best/')}": v for k, v in report.items()
                   if k.startswith("best/test/")}

@@ -50,6 +50,7 @@ from .synthetic import (
     load_generator,
     to_size,
 )
+from .viz import confusion_matrix_figure
 
 CHECKPOINT_FORMAT = "lagm_ray.trainer/v1"
 BEST_FORMAT = "lagm_ray.best/v1"
@@ -344,8 +345,6 @@ class Trainer:
         self.history.append({"step": self.step, **out})
         pics: dict[str, Any] = {}
         if pictures:
-            from .viz import confusion_matrix_figure
-
             pics["samples"] = picture_grid(self.annotator, self.segmentor, self.source, sp.test_images,
                                            sp.test_masks, self.class_names, self.seg_size,
                                            feature_index=self.feature_index if self.annotator else None)

@@ -12,6 +12,9 @@ import os
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .storage import atomic_path
 
 IGNORE_COLOR = (255, 255, 255)
 GAP = 2
@@ -66,8 +69,6 @@ def _text_size(draw, text: str, font) -> tuple[int, int]:
 
 def labelled_grid(columns: dict[str, list[np.ndarray]], class_names: Sequence[str], scale: int = 1):
     """One column per key (key as header), one row per list index, and a colour legend below."""
-    from PIL import Image, ImageDraw, ImageFont
-
     if not columns:
         raise ValueError("labelled_grid needs at least one column")
     lengths = {k: len(v) for k, v in columns.items()}
@@ -129,8 +130,9 @@ def labelled_grid(columns: dict[str, list[np.ndarray]], class_names: Sequence[st
 
 
 def _figure_to_image(fig):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
+    from matplotlib.backends.backend_agg import (
+        FigureCanvasAgg,  # drawing only: matplotlib takes ~0.5 s to import
+    )
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -143,7 +145,9 @@ def _figure_to_image(fig):
 
 def confusion_matrix_figure(cm, class_names: Sequence[str], title: str = ""):
     """Row-normalised confusion matrix (row = true class), each cell annotated with its fraction."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import (
+        Figure,  # drawing only: matplotlib takes ~0.5 s to import
+    )
 
     m = _numpy(cm).astype(np.float64)
     C = m.shape[0]
@@ -171,7 +175,9 @@ def confusion_matrix_figure(cm, class_names: Sequence[str], title: str = ""):
 
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import (
+        Figure,  # drawing only: matplotlib takes ~0.5 s to import
+    )
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -188,7 +194,5 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], title: str, xl
 
 
 def save_png(image, path: str | os.PathLike) -> None:
-    from .storage import atomic_path
-
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")  # explicit: the temp name has no .png suffix

@@ -316,7 +316,8 @@ def test_data_check_lists_every_problem(tree, tmp_path):
 
 def test_data_check_unknown_dataset_and_missing_root(tmp_path):
     out = lagm(["data", "check", str(tmp_path), "--dataset", "no-such-set"])
-    assert out.returncode == 2 and "unknown dataset" in out.stdout
+    assert out.returncode == 2 and out.stderr.startswith("error: data.dataset: unknown dataset")
+    assert "Traceback" not in out.stderr
     out = lagm(["data", "check", str(tmp_path / "absent"), "--dataset", "celebamask-hq"])
     assert out.returncode == 1 and f"{tmp_path / 'absent'}: dataset root is not a directory" in out.stdout
 

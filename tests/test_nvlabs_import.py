@@ -24,14 +24,16 @@ from typer.testing import CliRunner
 from lagm_ray.errors import CheckpointError
 from lagm_ray.models.nvlabs_import import (
     MAX_GENERATOR_BYTES,
+    generator_numel,
+    import_generator,
+    record_state_dict,
+)
+from lagm_ray.models.safe_pickle import (
     EasyDict,
     NetworkUnpickler,
     PersistentRecord,
     UnsafePickleError,
-    generator_numel,
-    import_generator,
     load_network_pickle,
-    record_state_dict,
 )
 from lagm_ray.storage import sha256_file
 from lagm_ray.synthetic import SyntheticSource, load_generator

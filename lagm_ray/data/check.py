@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from rich.table import Table
 
+from ..viz import colorize, labelled_grid, save_png
 from .datasets import canonical_dataset_name, real_dataset_module
 from .files import DataReport
 
@@ -41,8 +43,6 @@ def summary_line(report: DataReport) -> str:
 
 def _letterbox(tile: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     """Fit into size x size keeping the aspect ratio, padded with white."""
-    from PIL import Image
-
     h, w = tile.shape[:2]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -56,8 +56,6 @@ def _letterbox(tile: np.ndarray, size: int, nearest: bool) -> np.ndarray:
 def check_picture(report: DataReport, tile: int = TILE):
     """A PIL image: one row per sample (image, coloured mask, overlay) and the class legend;
     None when no sample could be read."""
-    from ..viz import colorize, labelled_grid
-
     if not report.samples:
         return None
     n = len(report.class_names)
@@ -77,8 +75,6 @@ def check_picture(report: DataReport, tile: int = TILE):
 
 def write_picture(report: DataReport, out_dir: str | Path) -> Path | None:
     """out_dir/check_<dataset>.png, or None when there is nothing to show."""
-    from ..viz import save_png
-
     picture = check_picture(report)
     if picture is None:
         return None

@@ -5,6 +5,7 @@ The trainer only sees :class:`LabelledSplits`; each dataset name maps to one loa
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..errors import ConfigError
+from .toyworld import SPLIT_SIZES, get_category, real_split
 
 
 @dataclass
@@ -41,8 +43,6 @@ def load_labelled_splits(data: DataConfig) -> LabelledSplits:
     """Load at the segmentor's input resolution (``seg_resolution`` or ``resolution``)."""
     size = data.seg_resolution or data.resolution
     if data.dataset == "embedded":
-        from .toyworld import SPLIT_SIZES, get_category, real_split
-
         try:
             category = get_category(data.category)
         except ValueError as e:
@@ -87,8 +87,6 @@ def canonical_dataset_name(name: str) -> str:
 
 
 def real_dataset_module(name: str):
-    import importlib
-
     key = canonical_dataset_name(name)
     if key not in REAL_DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: embedded, {', '.join(REAL_DATASETS)}")

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .datasets import resize_labels
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 [H, W, 3]. Grey and RGBA inputs are converted; a truncated or corrupt file raises."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
@@ -36,8 +36,6 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_label_png(path: str | Path) -> np.ndarray:
     """A label map stored as an image: [H, W] uint8. Palette ('P') PNGs give their indices, grey gives
     its values, RGB masks whose three channels agree give one of them (CelebAMask-HQ's part masks)."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: mask file not found")
@@ -84,8 +82,6 @@ def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: 
     """uint8 HWC images and their label maps -> ([N,3,S,S] in [-1,1], [N,S,S] int64): each image by area
     averaging and each mask by nearest neighbour, on its own, since an image and its mask may differ in
     size (CelebAMask-HQ, DatasetGAN's sets) and so may the pairs."""
-    from .datasets import resize_labels
-
     if not images:
         return torch.zeros(0, 3, size, size), torch.zeros(0, size, size, dtype=torch.long)
     xs = [image_tensor(im, size) for im in images]

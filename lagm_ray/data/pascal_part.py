@@ -221,7 +221,7 @@ def part_annotation_dir(root: Path) -> Path:
 
 def read_part_annotation(path: Path) -> list[tuple[str, np.ndarray, list[tuple[str, np.ndarray]]]]:
     """A PASCAL-Part .mat -> [(class, silhouette, [(part_name, part_mask), ...]), ...]."""
-    import scipy.io
+    import scipy.io  # PASCAL-Part's .mat files only
 
     if not path.is_file():
         raise DataError(f"{path}: part annotation not found")

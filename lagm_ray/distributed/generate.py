@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import ray
 import torch
 
 from .. import datagen as dg
@@ -49,8 +50,6 @@ def _encode(entry: dict[str, Any]) -> str:
 
 
 def _init_ray() -> None:
-    import ray
-
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
@@ -62,8 +61,6 @@ def generate_dataset(annotator: str | os.PathLike, out: str | os.PathLike, spec:
     """Generate ``spec`` into ``out`` on the Ray cluster (``$RAY_ADDRESS``, else a local one); returns the
     manifest. ``concurrency`` actors (default: one per GPU when ``use_gpu``, else one per ``cpus_per_actor``
     CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs."""
-    import ray
-
     info = describe_annotator(annotator, spec.truncation_psi)
     with dg.plan(out, info, spec, warn=warn) as p:
         run: dict[str, Any] = {"executor": "ray"}
@@ -112,8 +109,6 @@ def read_dataset(directory: str | os.PathLike, size: int | None = None, mask: st
                  class_names=None, checksums: bool = True):
     """A Ray Dataset of decoded rows {seed, image [3, s, s] float32 in [-1, 1], mask [s, s] int64}, after the
     directory is verified against its manifest on the driver (errors name the file)."""
-    import ray
-
     ds = dg.open_dataset(directory, class_names, checksums=checksums)
     _init_ray()
     ctx = ray.data.DataContext.get_current()

@@ -14,6 +14,7 @@ renders (with the real splits' sensor noise), or a real dataset's ``load_unlabel
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import field
 from typing import Annotated, Any, Literal, Sequence
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..config import Widths, config_section, invalid
 from ..data.datasets import real_dataset_module
+from ..data.toyworld import REAL_NOISE_STD, render, sample_params
 from ..errors import ConfigError
 from ..models.segmentors import ResNet, resnet
 from ..trainer import Trainer
@@ -139,8 +141,6 @@ class MoCo(nn.Module):
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
-    import copy
-
     twin = copy.deepcopy(module)
     twin.requires_grad_(False)
     return twin
@@ -401,7 +401,6 @@ class GANORCONTrainer(Trainer):
         if self.unlabelled_pool is not None:
             idx = torch.randint(len(self.unlabelled_pool), (n,), generator=self.rng)
             return self.unlabelled_pool[idx].to(self.device)
-        from ..data.toyworld import REAL_NOISE_STD, render, sample_params
 
         images, _ = render(self.cfg.data.category, sample_params(self.cfg.data.category, n, self.rng), self.seg_size)
         noise = torch.randn(images.shape, generator=self.rng)  # the real splits' sensor noise
