@@ -26,7 +26,7 @@ from .datagen import (
     plan,
     produce_shard,
 )
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .methods import from_dict, trainer_class
 from .storage import code_version, load_checkpoint, sha256_file
 from .synthetic import generator_meta, resolve_generator_path
@@ -51,13 +51,13 @@ def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = N
     state = load_checkpoint(path)
     fmt = state.get("format")
     if fmt not in (BEST_FORMAT, CHECKPOINT_FORMAT):
-        raise ValueError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected a run's best.pt")
+        raise CheckpointError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected a run's best.pt")
     if state.get("annotator") is None:
-        raise ValueError(f"{path}: holds no annotator (its train.method learns none)")
+        raise CheckpointError(f"{path}: holds no annotator (its train.method learns none)")
     try:
         cfg = from_dict(state["config"], source=f"{path} (stored config)")
     except ConfigError as e:
-        raise ValueError(str(e)) from e
+        raise CheckpointError(str(e)) from e
     g = cfg.generator
     gen_path = resolve_generator_path(g.checkpoint)
     if not gen_path.is_file():
@@ -65,9 +65,9 @@ def describe_annotator(path: str | os.PathLike, truncation_psi: float | None = N
     meta = generator_meta(gen_path)
     class_names = state.get("class_names") or meta.get("class_names")
     if not class_names:
-        raise ValueError(f"{path}: no class names in the checkpoint or its generator {gen_path}")
+        raise CheckpointError(f"{path}: no class names in the checkpoint or its generator {gen_path}")
     if meta.get("class_names") and list(meta["class_names"]) != list(class_names):
-        raise ValueError(f"{path}: its classes {list(class_names)} differ from its generator's "
+        raise CheckpointError(f"{path}: its classes {list(class_names)} differ from its generator's "
                          f"{meta['class_names']} ({gen_path})")
     psi = float(g.truncation_psi if truncation_psi is None else truncation_psi)
     return AnnotatorInfo(
@@ -92,7 +92,7 @@ def load_labeller(annotator: str | os.PathLike | AnnotatorInfo, device: torch.de
     try:
         net.load_state_dict(load_checkpoint(info.path)["annotator"])
     except RuntimeError as e:
-        raise ValueError(f"{info.path}: its annotator does not fit its own config ({e})") from e
+        raise CheckpointError(f"{info.path}: its annotator does not fit its own config ({e})") from e
     return Labeller(info, source, index, net)
 
 

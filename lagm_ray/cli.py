@@ -5,6 +5,8 @@ Each command imports what it calls inside its body: the library pulls in torch, 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 
 app = typer.Typer(help="LAGM (learning to annotate part segmentation with gradient matching) on Ray.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -22,10 +24,38 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default
 SetOpt = typer.Option(None, "--set", "-s", help="Override a key, e.g. --set train.K=5 (repeatable).")
 
 
+# What a user can cause and fix: one line on stderr, exit status 2, no traceback (unless --debug).
+# OSError covers a missing input, an output path through a file, an unwritable folder or a full disk;
+# its message names the path.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)
+DEBUG_ENV = "LAGM_DEBUG"
+_debug = {"on": False}  # set by --debug for this call of main()
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
 def fail(message: str, code: int = 2) -> None:
     """A user error: one line on stderr (plain text: messages quote keys and lists), exit status 2."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help=f"Show the traceback of a user error too "
+                                                               f"(or set {DEBUG_ENV}=1).")):
+    _debug["on"] = debug
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise ConfigError(f"--seeds names no seed: {text!r}")
+    return seeds
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -48,11 +78,9 @@ def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt
     from .methods import load_config  # torch, every method
     from .runs import run_dir_of, train_one
 
+    cfg = load_config(config, set_ or [])
     try:
-        cfg = load_config(config, set_ or [])
         result = train_one(cfg, resume=resume, track=track)
-    except (ConfigError, FileNotFoundError) as e:
-        fail(str(e))
     except KeyboardInterrupt:
         last = run_dir_of(cfg) / "last.pt"
         where = f"its last checkpoint is {last}; continue with --resume auto" if last.exists() else "no checkpoint yet"
@@ -68,10 +96,7 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of 
     """Evaluate a trained segmentor (and annotator) on the test split."""
     from .runs import evaluate_checkpoint
 
-    try:
-        metrics = evaluate_checkpoint(checkpoint, config, set_ or [], downstream=downstream)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    metrics = evaluate_checkpoint(checkpoint, config, set_ or [], downstream=downstream)
     print_metrics(f"evaluation of {checkpoint}", metrics)
 
 
@@ -107,15 +132,11 @@ def import_generator_cmd(pkl: Path = typer.Argument(..., help="An NVlabs stylega
                              None, help="Comma-separated part classes, background first, e.g. bg,eye,mouth.")):
     """Convert an NVlabs network pickle's G_ema to a lagm_ray generator checkpoint, without running any
     code from the pickle (only whitelisted tensor and container types are read)."""
-    from .errors import CheckpointError
     from .storage import save_checkpoint
     from .synthetic import import_nvlabs_checkpoint
 
     names = [n.strip() for n in class_names.split(",") if n.strip()] if class_names else None
-    try:
-        ckpt = import_nvlabs_checkpoint(pkl, category=category, class_names=names)
-    except (CheckpointError, FileNotFoundError) as e:
-        fail(str(e))
+    ckpt = import_nvlabs_checkpoint(pkl, category=category, class_names=names)
     save_checkpoint(ckpt, out)
     kw = ckpt["init_kwargs"]
     console.print(f"wrote {out}: {kw['img_resolution']} px StyleGAN2, z_dim {kw['z_dim']}, "
@@ -153,12 +174,8 @@ def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (sm
     from .config import parse_override
     from .quickstart import run_quickstart
 
-    try:
-        extra = dict(parse_override(o) for o in set_ or [])
-        run_quickstart(quick=quick, seeds=[int(s) for s in seeds.split(",") if s.strip()], out=out, track=track,
-                       extra=extra, parallel=parallel)
-    except (ConfigError, FileNotFoundError) as e:
-        fail(str(e))
+    extra = dict(parse_override(o) for o in set_ or [])
+    run_quickstart(quick=quick, seeds=parse_seeds(seeds), out=out, track=track, extra=extra, parallel=parallel)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -175,11 +192,7 @@ def sweep(ctx: typer.Context, spec: Path = typer.Argument(..., help="A search_sp
         args = ap.parse_args(ctx.args)
     except SystemExit:
         fail(f"bad flags {' '.join(ctx.args)}; see lagm sweep --help")
-    try:
-        s = spec_from_args(spec, args)
-    except ConfigError as e:
-        fail(str(e))
-    results, _ = run(s, args)
+    results, _ = run(spec_from_args(spec, args), args)
     if any(r.error is not None for r in results):
         raise typer.Exit(1)
 
@@ -221,16 +234,13 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
              experiment: str = typer.Option("lagm-datasets", help="MLflow experiment.")):
     """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
     Re-running the same command after an interruption writes only the missing shards."""
-    from .datagen import DatasetError, GenerationSpec
+    from .datagen import GenerationSpec
     from .runs import generate_and_log
 
-    try:
-        spec = GenerationSpec(num_images=num_images, shard_size=shard_size, seed=seed, batch_size=batch_size,
-                              truncation_psi=truncation, min_confidence=min_confidence, max_entropy=max_entropy)
-        generate_and_log(annotator, out, spec, local=local, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
-                         use_gpu=gpu, track=track, experiment=experiment)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    spec = GenerationSpec(num_images=num_images, shard_size=shard_size, seed=seed, batch_size=batch_size,
+                          truncation_psi=truncation, min_confidence=min_confidence, max_entropy=max_entropy)
+    generate_and_log(annotator, out, spec, local=local, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
+                     use_gpu=gpu, track=track, experiment=experiment)
 
 
 @app.command()
@@ -243,23 +253,20 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
     scored on the config's real test split at its best validation epoch."""
     from .annotator_runs import downstream_config
     from .config import parse_override
-    from .datagen import DatasetError, open_dataset
+    from .datagen import open_dataset
     from .methods import load_config  # torch, every method
 
-    try:
-        if config is not None:
-            cfg = load_config(config, set_ or [])
-        else:
-            cfg = downstream_config(open_dataset(shards, checksums=False))
-            if set_:
-                cfg = cfg.replace(dict(parse_override(o) for o in set_), source="--set")
-        if ray:
-            from .distributed.generate import downstream_from_shards
-        else:
-            from .downstream import downstream_from_shards
-        metrics = downstream_from_shards(shards, cfg)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-        fail(str(e))
+    if config is not None:
+        cfg = load_config(config, set_ or [])
+    else:
+        cfg = downstream_config(open_dataset(shards, checksums=False))
+        if set_:
+            cfg = cfg.replace(dict(parse_override(o) for o in set_), source="--set")
+    if ray:
+        from .distributed.generate import downstream_from_shards
+    else:
+        from .downstream import downstream_from_shards
+    metrics = downstream_from_shards(shards, cfg)
     print_metrics(f"downstream segmentor trained on {shards}", metrics)
 
 
@@ -277,10 +284,7 @@ def data_check(root: Path = typer.Argument(..., help="The dataset's root folder,
     from .data.check import run_check, summary_line, summary_table, write_picture
 
     console.print(f"checking {root} as {dataset}" + (f" (first {limit} images of each split)" if limit else ""))
-    try:
-        report = run_check(root, dataset, limit)
-    except ConfigError as e:
-        fail(str(e))
+    report = run_check(root, dataset, limit)
     console.print(summary_table(report))
     console.print(summary_line(report), soft_wrap=True)
     picture = write_picture(report, out)
@@ -295,9 +299,29 @@ def data_check(root: Path = typer.Argument(..., help="The dataset's root folder,
     console.print(f"[green]ok:[/] {report.num_checked} images, no problems")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run ``lagm ARGV`` and return its exit status: 0 done, 1 finished with problems (a failed trial, a
+    dataset with bad files), 2 a user error (one line on stderr), 130 interrupted."""
+    _debug["on"] = False
+    try:
+        code = app(args=argv, prog_name="lagm", standalone_mode=False)
+    except typer.TyperException as e:  # a bad flag or argument: the usage message (no args: the help)
+        e.show()
+        return getattr(e, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
+    except USER_ERRORS as e:
+        if _debug["on"] or os.environ.get(DEBUG_ENV):
+            raise
+        typer.echo(f"error: {one_line(e)}", err=True)
+        return 2
+    return code if isinstance(code, int) else 0
+
+
+def entry_point() -> None:  # pragma: no cover - the `lagm` console script
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    entry_point()

@@ -14,3 +14,7 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file exists but cannot be (safely) loaded; the message names the file."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle asks for a global outside the whitelist; nothing from it has been run."""

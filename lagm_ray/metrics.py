@@ -88,6 +88,9 @@ def pixel_accuracy(cm: torch.Tensor) -> float:
     return float(cm.diag().sum() / total) if total > 0 else float("nan")
 
 
+HEADLINE_METRICS = ("miou", "fg_miou", "pixel_acc")  # what summarize() gives besides iou/<class>
+
+
 def summarize(cm: torch.Tensor, class_names: Sequence[str], absent: str = "zero",
               prefix: str = "") -> dict[str, float]:
     ious = iou_per_class(cm, absent)

@@ -14,12 +14,14 @@ from typing import Optional
 
 from rich.console import Console
 
-from .annotator_runs import generate_local
-from .config import parse_override
+from .annotator_runs import describe_annotator, generate_local
+from .config import flatten, parse_override
 from .datagen import sample_grid
+from .errors import CheckpointError
 from .generator_training import train_generator
 from .methods import build_trainer, from_dict, load_config
 from .metrics import drop_per_class
+from .preflight import check_run, check_writable_dir
 from .progress import ProgressCallback, make_progress
 from .storage import atomic_write_text, load_checkpoint
 from .synthetic import embedded_generator_path
@@ -40,14 +42,16 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
     The MLflow run's id is kept in the run directory from the moment the run exists, so a resumed
     training continues the same MLflow run; SIGTERM stops the training as Ctrl-C does (run KILLED)."""
     run_dir = run_dir_of(cfg)
-    trainer = build_trainer(cfg)
+    check_run(cfg, track=track)
+    path = None
     if resume:
         path = run_dir / "last.pt" if resume == "auto" else Path(resume)
-        if path.exists():
-            trainer.load(path)
-            console.print(f"resumed from {path} at step {trainer.step}")
-        elif resume != "auto":
+        if not path.exists() and resume != "auto":
             raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+    trainer = build_trainer(cfg)
+    if path is not None and path.exists():
+        resume_from(trainer, path)
+        console.print(f"resumed from {path} at step {trainer.step}")
     callbacks = [LocalCheckpoints(run_dir)]
     if progress:
         callbacks.append(ProgressCallback(description or cfg.run.name))
@@ -59,6 +63,39 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
         result = trainer.fit(callbacks)
     atomic_write_text(run_dir / "result.json", json.dumps(result.metrics, indent=2, sort_keys=True))
     return result
+
+
+# Keys whose value fixes a network's or an optimiser's tensors (or which data they were fitted to): a run
+# cannot continue from a checkpoint written under another value. Other keys (steps, intervals, tracking)
+# may change on resume; they are listed.
+SHAPE_KEYS = ("train.method", "data.dataset", "data.category", "data.resolution", "data.seg_resolution",
+              "generator.checkpoint", "annotator.", "segmentor.")
+
+
+def resume_from(trainer, path: Path) -> None:
+    """Load a run's ``last.pt`` into ``trainer``, refusing (naming the key) one written under a config that
+    differs in a key that changes shapes, and any file that is not a resume checkpoint."""
+    state = load_checkpoint(path, map_location=trainer.device)
+    fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a lagm_ray resume checkpoint (format {fmt!r}); --resume takes a "
+                              "run's last.pt")
+    stored, current = flatten(state.get("config") or {}), trainer.cfg.flat()
+    changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+    section = f"{type(trainer).section}." if type(trainer).section else None
+    for key in changed:
+        if key.startswith(SHAPE_KEYS) or (section and key.startswith(section)):
+            raise CheckpointError(f"{path}: written with {key}={stored.get(key)!r} but this config has "
+                                  f"{current.get(key)!r}; {key} changes the networks, so this run cannot continue "
+                                  "from it (start a new run.name)")
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{path}: does not fit this config's networks ({type(e).__name__}: {first})") from e
+    if changed:
+        shown = ", ".join(f"{k} {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        console.print(f"[yellow]resuming with changed keys:[/] {shown}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -89,7 +126,7 @@ def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, over
     state = load_checkpoint(path)
     fmt = state.get("format")
     if fmt not in (BEST_FORMAT, CHECKPOINT_FORMAT):
-        raise ValueError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected best.pt or last.pt")
+        raise CheckpointError(f"{path}: not a lagm_ray run checkpoint (format {fmt!r}); expected best.pt or last.pt")
     if config is not None:
         cfg = load_config(config, overrides or [])
     else:
@@ -143,6 +180,9 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
     def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/] {message}")
 
+    # before the progress bar and Ray: the annotator run readable, the output a folder we can write
+    info = describe_annotator(annotator, spec.truncation_psi)
+    check_writable_dir(out, "--out")
     t0 = time.perf_counter()
     with make_progress() as progress:
         task = progress.add_task(f"generate {out.name}", total=spec.num_images, info="")
@@ -156,13 +196,13 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
                                  + (f"  filtered {filtered}" if filtered else ""))
 
         if local:
-            manifest = generate_local(annotator, out, spec, on_shard=on_shard, warn=warn)
+            manifest = generate_local(info, out, spec, on_shard=on_shard, warn=warn)
         else:
             from .distributed.generate import (
                 generate_dataset,  # imports Ray: only generation on a cluster needs it
             )
 
-            manifest = generate_dataset(annotator, out, spec, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
+            manifest = generate_dataset(info, out, spec, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
                                         use_gpu=use_gpu, on_shard=on_shard, warn=warn)
         progress.update(task, completed=spec.num_images)
     last = manifest["last_run"]

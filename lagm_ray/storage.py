@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsafePickleError
 
 
 @contextlib.contextmanager
@@ -75,8 +76,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, in its legacy format, a pickle): anything else is named as such
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else f"a file beginning {head!r}"
+        raise CheckpointError(f"{path}: not a torch checkpoint ({what}; torch.save writes a zip archive)")
     try:
         # weights_only refuses arbitrary pickled objects, so a hostile file cannot run code.
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise torch_load_error(path, e) from None  # torch's own message advises weights_only=False
+
+
+def torch_load_error(where: str | Path, e: BaseException) -> CheckpointError:
+    """``torch.load(weights_only=True)``'s error, rephrased: torch's message advises loading again with
+    ``weights_only=False`` (which runs the file's code) or allow-listing the global, advice lagm_ray never gives."""
+    message = str(e)
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", message)
+    if found:
+        return UnsafePickleError(f"{where}: refused global {found.group(1)}: not one a weights-only checkpoint may "
+                                 "hold, and lagm_ray never runs code from a checkpoint")
+    if "WeightsUnpickler error:" in message:
+        message = message.rsplit("WeightsUnpickler error:", 1)[1]
+    elif "Weights only load failed" in message:
+        message = message.split("\n\n", 1)[1] if "\n\n" in message else ""
+    reason = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    if not reason or re.search(r"weights.only|add_safe_globals|safe_globals", reason, re.IGNORECASE):
+        reason = "weights-only loading refused it"
+    reason = reason.split(". ")[0]  # torch's first sentence; the rest is advice
+    return CheckpointError(f"{where}: cannot read it as a torch checkpoint: {type(e).__name__}: {reason[:300]}")

@@ -4,6 +4,7 @@ cluster in $RAY_ADDRESS (or a local one), and printing our table beside the pape
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -11,17 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import parse_override
-from .errors import ConfigError
+from .distributed.sweep import absolute_paths, default_storage_path, run_sweep
+from .errors import CheckpointError, ConfigError, DataError
+from .preflight import check_runs, check_writable_dir
+from .report import sweep_table, to_markdown
 from .sweep_spec import SweepSpec, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SPACES = ROOT / "search_spaces"
-import sys
-
-import yaml
-
-from .distributed.sweep import absolute_paths, run_sweep
-from .report import sweep_table, to_markdown
 
 # Wide when piped (ray job logs, files): the comparison tables would otherwise fold at 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -44,11 +42,9 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
     overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
     if args.steps is not None:
         overrides["train.steps"] = args.steps
-    path = Path(path)
-    name = args.name
-    if name is None and args.quick:
-        name = f"{(yaml.safe_load(path.read_text()) or {}).get('name', path.stem)}-quick"
-    spec = load_sweep(path, quick=args.quick, overrides=overrides, name=name)
+    spec = load_sweep(path, quick=args.quick, overrides=overrides, name=args.name)
+    if args.name is None and args.quick:
+        spec.name = f"{spec.name}-quick"  # a shrunk sweep must not restore, or mix with, the full one
     if args.trials is not None:
         spec.num_samples = args.trials
     if args.concurrency is not None:
@@ -58,7 +54,12 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
 
 def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
         extra_callbacks=()):
-    """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper."""
+    """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper.
+    Every config a trial can get is checked first, in the driver, before Ray starts."""
+    storage_path = args.storage_path or default_storage_path()
+    check_runs(spec.configs_to_check())
+    if "://" not in storage_path:
+        check_writable_dir(storage_path, "--storage-path")
     spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
     results, parent = run_sweep(spec, storage_path=args.storage_path, resume=not args.fresh, spec_text=spec_text,
                                 extra_callbacks=extra_callbacks)
@@ -91,10 +92,10 @@ def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = N
         spec = spec_from_args(spec_file, args)
         if adjust is not None:
             spec = adjust(spec, args)
-    except ConfigError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        results, _ = run(spec, args, compare)
+    except (ConfigError, DataError, CheckpointError, OSError) as e:  # as `lagm sweep` reports them
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    results, _ = run(spec, args, compare)
     return 1 if any(r.error is not None for r in results) else 0
 
 

@@ -33,10 +33,15 @@ import yaml
 from .config import flatten, parse_override
 from .errors import ConfigError
 from .methods import Config, load_config
+from .metrics import HEADLINE_METRICS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "int")
 SEARCHERS = ("grid", "optuna", "random")
+# What each trial reports to Tune (distributed/train.py, RayReport) that a searcher or scheduler may optimise.
+TUNE_METRICS = ("best/val_fg_miou",
+                *(f"{split}/{m}" for split in ("val", "test", "best/test") for m in HEADLINE_METRICS),
+                *(f"annotator/{m}_vs_truth" for m in HEADLINE_METRICS), "time/step_mean_s")
 TOP_KEYS = {"name", "description", "base", "overrides", "space", "metric", "mode", "searcher", "scheduler",
             "num_samples", "max_concurrent_trials", "resources", "max_failures", "quick", "seed"}
 
@@ -78,6 +83,11 @@ class SweepSpec:
     def trial_config(self, params: dict[str, Any]) -> Config:
         """The full config of one trial: the base with the sampled dotted keys set."""
         return self.base.replace(params, source=f"{self.source}: trial {params}")
+
+    def configs_to_check(self) -> list[Config]:
+        """The base, and the base with each value a domain can produce (grid, choice, a range's ends) set
+        alone: what the driver checks (generator, data, folders) before Ray starts."""
+        return [self.base] + [self.trial_config({key: v}) for key, d in self.space.items() for v in d.examples()]
 
     @property
     def swept_keys(self) -> list[str]:
@@ -212,11 +222,14 @@ def load_sweep(path: str | Path, quick: bool = False, overrides: dict[str, Any] 
     if resources.workers < 1 or resources.cpus_per_worker <= 0 or resources.gpus_per_worker < 0:
         raise ConfigError(f"{source}: resources: workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0; "
                           f"got {res_raw!r}")
+    metric = str(raw.get("metric", "best/val_fg_miou"))
+    if metric not in TUNE_METRICS:
+        raise ConfigError(f"{source}: metric must be one a trial reports ({', '.join(TUNE_METRICS)}), got {metric!r}")
     spec_name = str(name or raw["name"])
     if not spec_name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{source}: name must be letters, digits, - and _, got {spec_name!r}")
     return SweepSpec(
-        name=spec_name, base=base, space=space, metric=str(raw.get("metric", "best/val_fg_miou")), mode=mode,
+        name=spec_name, base=base, space=space, metric=metric, mode=mode,
         searcher=searcher, scheduler=scheduler, num_samples=positive_int("num_samples", 1),
         max_concurrent_trials=positive_int("max_concurrent_trials", 2), resources=resources,
         max_failures=positive_int("max_failures", 2, minimum=0), seed=positive_int("seed", 0, minimum=0),

@@ -28,7 +28,7 @@ from .data.toyworld import render
 from .errors import CheckpointError, ConfigError
 from .models.generator import Generator
 from .models.nvlabs_import import import_generator
-from .models.safe_pickle import identify_file, torch_load_error
+from .models.safe_pickle import identify_file
 from .storage import load_checkpoint
 
 ASSETS = Path(__file__).parent / "assets"
@@ -63,10 +63,7 @@ def _read_checkpoint_file(path: Path) -> dict[str, Any]:
     if found.kind != "torch":
         raise CheckpointError(f"{path}: this is {found.description}, not a generator checkpoint (a lagm_ray "
                               "checkpoint written by torch.save, or an NVlabs network pickle)")
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as e:
-        raise torch_load_error(path, e.__cause__ or e) from None
+    return load_checkpoint(path)  # its errors are rephrased (storage.torch_load_error)
 
 
 def import_nvlabs_checkpoint(pkl: str | Path, category: str | None = None,
@@ -96,6 +93,20 @@ def read_generator_checkpoint(spec: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def generator_meta(spec: str | Path) -> dict[str, Any]:
     return dict(read_generator_checkpoint(spec)[1].get("meta", {}))
+
+
+def check_generator_fits(spec: str | Path, img_resolution: int, generator_classes: Sequence[str] | None,
+                         resolution: int, class_names: Sequence[str]) -> None:
+    """Refuse a generator that cannot serve the data: ``data.resolution`` must be one of its synthesis blocks
+    (a lower one runs the synthesis only up to it) and its part classes, when it names them, the dataset's.
+    The driver checks this from the checkpoint alone, before anything is built or Ray starts."""
+    blocks = [2 ** i for i in range(2, int(img_resolution).bit_length())]
+    if resolution not in blocks:
+        raise ConfigError(f"data.resolution is {resolution} but the generator {spec} makes {img_resolution} px "
+                          f"images (blocks at {blocks} px)")
+    if generator_classes and list(generator_classes) != list(class_names):
+        raise ConfigError(f"generator.checkpoint {spec}: its classes {list(generator_classes)} "
+                          f"differ from the dataset's {list(class_names)}")
 
 
 def load_generator(spec: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:

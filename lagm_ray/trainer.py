@@ -45,6 +45,7 @@ from .seeding import rng_state, seed_everything, set_rng_state
 from .storage import load_checkpoint, save_checkpoint
 from .synthetic import (
     SyntheticSource,
+    check_generator_fits,
     feature_index,
     feature_select,
     load_generator,
@@ -119,12 +120,12 @@ class Trainer:
         self.source: SyntheticSource | None = None
         self.feature_index: list[int] | None = None
         self._pool: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # train.synthetic_pool, made on first use
-        if self.uses_generator:
+        if self.uses_generator(cfg):
             self.source = source or self._load_source()
             self.feature_index = self._feature_index(cfg.annotator.feature_resolutions)
 
         self.annotator: nn.Module | None = None  # generator features -> logits, when the method has one
-        if self.uses_generator:
+        if self.uses_generator(cfg):
             # built before the segmentor: the order fixes what the seeded RNG gives each network
             self.annotator = self.new_annotator(cfg, self.source, self.feature_index, self.num_classes)
             if self.annotator is not None:
@@ -146,9 +147,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ method hooks
 
-    @property
-    def uses_generator(self) -> bool:
-        return self.cfg.train.method != "supervised"
+    @classmethod
+    def uses_generator(cls, cfg: Any) -> bool:
+        """Whether the method samples G (a classmethod: the driver checks the generator before any build)."""
+        return cfg.train.method != "supervised"
 
     @property
     def total_steps(self) -> int:
@@ -196,16 +198,10 @@ class Trainer:
     def _load_source(self) -> SyntheticSource:
         g, cfg = self.cfg.generator, self.cfg
         G, meta = load_generator(g.checkpoint, self.device)
-        # A data.resolution below the generator's runs its synthesis only up to that block.
-        if cfg.data.resolution not in G.block_resolutions:
-            raise ConfigError(f"data.resolution is {cfg.data.resolution} but the generator {g.checkpoint} "
-                              f"makes {G.img_resolution} px images (blocks at {G.block_resolutions} px)")
-        source = SyntheticSource(G, meta, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff,
-                                 noise_mode=g.noise_mode, resolution=cfg.data.resolution)
-        if source.class_names and list(source.class_names) != self.class_names:
-            raise ConfigError(f"generator.checkpoint {g.checkpoint}: its classes {source.class_names} "
-                              f"differ from the dataset's {self.class_names}")
-        return source
+        check_generator_fits(g.checkpoint, G.img_resolution, meta.get("class_names"), cfg.data.resolution,
+                             self.class_names)
+        return SyntheticSource(G, meta, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff,
+                               noise_mode=g.noise_mode, resolution=cfg.data.resolution)
 
     def new_segmentor(self) -> nn.Module:
         """A segmentor as configured (kind, width, scratch or a weights file), on the device."""

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import lagm_cli, tiny_overrides
 
 from lagm_ray import datagen as dg
 from lagm_ray.annotator_runs import generate_local, load_labeller
@@ -156,18 +156,14 @@ def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tm
 @pytest.mark.ray
 def test_cli_on_ray_writes_the_same_shards_and_logs_to_mlflow(ray_local, dataset, tiny_run, tmp_path, monkeypatch):
     """Two actors on a real Ray cluster write byte-identical shards to the in-process run's."""
-    from typer.testing import CliRunner
-
-    from lagm_ray.cli import app
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "ray"
-    r = CliRunner().invoke(app, ["generate", "--annotator", str(tiny_run[0].parent), "--num-images", "10",
-                                 "--shard-size", "4", "--batch-size", "3", "--out", str(out), "--concurrency", "2"])
-    assert r.exit_code == 0, r.output + repr(r.exception)
-    assert "10 rows in 3 shards" in " ".join(r.output.split())  # rich wraps at the terminal width
+    r = lagm_cli(["generate", "--annotator", tiny_run[0].parent, "--num-images", "10", "--shard-size", "4",
+                  "--batch-size", "3", "--out", out, "--concurrency", "2"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "10 rows in 3 shards" in " ".join(r.stdout.split())  # rich wraps at the terminal width
     m = manifest(out)
     assert shas(out) == shas(dataset)
     assert m["last_run"]["executor"] == "ray" and m["last_run"]["concurrency"] == 2
@@ -331,16 +327,12 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
     assert from_shards == in_memory and "downstream/test/fg_miou" in from_shards
 
     # `lagm downstream DIR` takes the annotator run's config from the manifest.
-    from typer.testing import CliRunner
-
-    from lagm_ray.cli import app
-
-    r = CliRunner().invoke(app, ["downstream", str(dataset)])
-    assert r.exit_code == 0 and "downstream/test/fg_miou" in r.output, r.output
+    r = lagm_cli(["downstream", dataset])
+    assert r.returncode == 0 and "downstream/test/fg_miou" in r.stdout, r.stdout + r.stderr
     shown = f"{100 * from_shards['downstream/test/fg_miou']:.2f}"
-    assert shown in r.output
-    r = CliRunner().invoke(app, ["downstream", str(dataset), "--set", "data.category=car"])
-    assert r.exit_code == 2 and "_manifest.json: the dataset has 8 classes" in " ".join(r.output.split())
+    assert shown in r.stdout
+    r = lagm_cli(["downstream", dataset, "--set", "data.category=car"])
+    assert r.returncode == 2 and "_manifest.json: the dataset has 8 classes" in r.stderr
 
 
 @pytest.mark.ray

@@ -104,13 +104,14 @@ def test_sigterm_stops_a_training_as_ctrl_c_does(tiny_generator_path, tmp_path):
 
 
 def test_training_that_raises_is_failed_with_its_reason(tiny_generator_path, tmp_path):
-    """run.output_dir names a file: nothing can be written in the run directory."""
-    (tmp_path / "not-a-dir").write_text("x")
-    config, uri = tiny_yaml(tmp_path, tiny_generator_path, **{"run.output_dir": str(tmp_path / "not-a-dir"),
-                                                              "train.steps": 12})
+    """A folder stands where the first checkpoint goes (runs/tiny/last.pt): the run starts (every check before
+    it passes), then its first checkpoint raises IsADirectoryError."""
+    config, uri = tiny_yaml(tmp_path, tiny_generator_path, **{"train.steps": 12})
+    (tmp_path / "runs" / "tiny" / "last.pt").mkdir(parents=True)
     proc = lagm(["train", "-c", config], tmp_path)
-    proc.communicate(timeout=300)
-    assert proc.returncode != 0
+    _, err = proc.communicate(timeout=300)
+    # an OSError names its path: one line, exit 2, as for any error the user can fix
+    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("error: ") and "last.pt" in err
     _, run = only_run(uri)
     assert run.info.status == "FAILED"
-    assert "not-a-dir" in run.data.tags["lagm.error"]
+    assert "last.pt" in run.data.tags["lagm.error"]

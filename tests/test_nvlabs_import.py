@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import lagm_cli
 
 from lagm_ray.errors import CheckpointError
 from lagm_ray.models.nvlabs_import import (
@@ -97,12 +97,9 @@ def test_synthetic_source_reads_the_pkl_directly(ref):
 
 
 def test_cli_import_generator_writes_a_checkpoint_with_the_same_images(tmp_path, ref):
-    from lagm_ray.cli import app
-
     out = tmp_path / "weights" / "G.pt"
-    result = CliRunner().invoke(app, ["import-generator", str(PKL), "--out", str(out), "--category", "faces",
-                                      "--class-names", "bg, eye,mouth"])
-    assert result.exit_code == 0, result.output
+    result = lagm_cli(["import-generator", PKL, "--out", out, "--category", "faces", "--class-names", "bg, eye,mouth"])
+    assert result.returncode == 0, result.stderr
     assert out.is_file() and not list(out.parent.glob(".*tmp*"))
     G, meta = load_generator(out)
     assert meta["category"] == "faces" and meta["class_names"] == ["bg", "eye", "mouth"]
@@ -111,14 +108,11 @@ def test_cli_import_generator_writes_a_checkpoint_with_the_same_images(tmp_path,
 
 
 def test_cli_truncated_pickle_is_a_clear_error(tmp_path):
-    from lagm_ray.cli import app
-
     bad = tmp_path / "network-snapshot-000001.pkl"
     bad.write_bytes(PKL.read_bytes()[: PKL.stat().st_size // 2])
-    result = CliRunner().invoke(app, ["import-generator", str(bad), "--out", str(tmp_path / "G.pt")])
-    assert result.exit_code == 2
-    output = "".join(result.output.split())  # rich wraps long lines
-    assert "truncatedorcorrupt" in output and "network-snapshot-000001.pkl" in output
+    result = lagm_cli(["import-generator", bad, "--out", tmp_path / "G.pt"])
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "truncated or corrupt" in result.stderr and "network-snapshot-000001.pkl" in result.stderr
     assert not (tmp_path / "G.pt").exists()
 
 
@@ -608,12 +602,10 @@ def test_a_file_that_is_not_a_pickle_is_named(tmp_path):
 
 
 def test_cli_names_a_png_renamed_pkl(tmp_path):
-    from lagm_ray.cli import app
-
     png = not_a_pickle_files(tmp_path)["a PNG image"]
-    result = CliRunner().invoke(app, ["import-generator", str(png), "--out", str(tmp_path / "out.pt")])
-    assert result.exit_code == 2
-    assert "thisisaPNGimage,notanNVlabsnetworkpickle" in "".join(result.output.split())
+    result = lagm_cli(["import-generator", png, "--out", tmp_path / "out.pt"])
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "this is a PNG image, not an NVlabs network pickle" in result.stderr
     assert not (tmp_path / "out.pt").exists()
 
 

@@ -79,3 +79,24 @@ def test_overrides_and_quick_and_trial_configs(tmp_path):
     assert load_sweep(p, quick=True, overrides=["train.steps=7"]).base.train.steps == 7
     cfg = load_sweep(p).trial_config({"train.K": 2, "train.matched_blocks": "Up,Output"})
     assert cfg.train.K == 2 and cfg.train.matched_blocks == ["Up", "Output"]
+
+
+def test_every_metric_a_sweep_may_name_is_one_a_trial_reports(tiny_config):
+    """TUNE_METRICS (what load_sweep accepts as `metric`) against what RayReport really sends to Tune at a
+    checkpoint after an evaluation: a name accepted but never reported would fail every trial of a sweep."""
+    from lagm_ray.distributed.train import RayReport
+    from lagm_ray.methods import build_trainer
+    from lagm_ray.sweep_spec import TUNE_METRICS
+
+    reported: list[dict] = []
+    cfg = tiny_config(**{"train.steps": 3, "train.eval_interval": 3, "train.checkpoint_interval": 3})
+    build_trainer(cfg).fit([RayReport(report=lambda metrics, checkpoint=None: reported.append(metrics))])
+    assert reported and set(TUNE_METRICS) <= set(reported[-1]), set(TUNE_METRICS) - set(reported[-1])
+
+
+def test_a_metric_no_trial_reports_is_refused_with_the_ones_it_could_be(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nspace: {train.K: {grid: [1]}}\nsearcher: grid\nmetric: best/val_fg_mIoU\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: metric must be one a trial reports \(best/val_fg_miou, .*"
+                                          r"got 'best/val_fg_mIoU'"):
+        load_sweep(spec)

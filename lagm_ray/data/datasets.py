@@ -64,6 +64,16 @@ def load_labelled_splits(data: DataConfig) -> LabelledSplits:
     return module.load_splits(data, size)
 
 
+def dataset_class_names(data: DataConfig) -> list[str]:
+    """The part classes a config's dataset labels, background first, without loading any image."""
+    if data.dataset == "embedded":
+        try:
+            return list(get_category(data.category).class_names)
+        except ValueError as e:
+            raise ConfigError(f"data.category: {e}") from e
+    return list(real_dataset_module(data.dataset).CLASS_NAMES)
+
+
 # Real datasets, one module each, imported only when named. A module provides
 #   CLASS_NAMES: list[str]
 #   load_splits(data: DataConfig, size: int) -> LabelledSplits     (labelled train / val / test)

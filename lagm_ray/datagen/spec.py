@@ -20,12 +20,13 @@ from typing import Any, Iterator
 import torch
 
 from .. import __version__
+from ..errors import ConfigError, DataError
 
 DATASET_FORMAT = "lagm_ray.dataset/v1"
 
 
-class DatasetError(ValueError):
-    """A dataset directory, manifest or shard is missing, corrupt or does not match; the message names the file."""
+class DatasetError(DataError):
+    """A generated dataset directory, manifest or shard is missing, corrupt or does not match; names the file."""
 
 
 class SettingsMismatch(DatasetError):
@@ -47,15 +48,15 @@ class GenerationSpec:
     def __post_init__(self) -> None:
         for name in ("num_images", "shard_size", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.truncation_psi is not None and self.truncation_psi < 0:
-            raise ValueError(f"truncation_psi must be >= 0, got {self.truncation_psi}")
+            raise ConfigError(f"truncation_psi must be >= 0, got {self.truncation_psi}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
-            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if self.max_entropy is not None and self.max_entropy < 0:
-            raise ValueError(f"max_entropy must be >= 0, got {self.max_entropy}")
+            raise ConfigError(f"max_entropy must be >= 0, got {self.max_entropy}")
 
     @property
     def num_shards(self) -> int:

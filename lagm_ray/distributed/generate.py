@@ -54,14 +54,14 @@ def _init_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
 
-def generate_dataset(annotator: str | os.PathLike, out: str | os.PathLike, spec: dg.GenerationSpec, *,
+def generate_dataset(annotator: str | os.PathLike | dg.AnnotatorInfo, out: str | os.PathLike, spec: dg.GenerationSpec, *,
                      concurrency: int | None = None, cpus_per_actor: float = 1.0, use_gpu: bool | None = None,
                      on_shard: Callable[[dg.Plan, dict[str, Any]], None] | None = None,
                      warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Generate ``spec`` into ``out`` on the Ray cluster (``$RAY_ADDRESS``, else a local one); returns the
     manifest. ``concurrency`` actors (default: one per GPU when ``use_gpu``, else one per ``cpus_per_actor``
     CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs."""
-    info = describe_annotator(annotator, spec.truncation_psi)
+    info = annotator if isinstance(annotator, dg.AnnotatorInfo) else describe_annotator(annotator, spec.truncation_psi)
     with dg.plan(out, info, spec, warn=warn) as p:
         run: dict[str, Any] = {"executor": "ray"}
         if p.missing:

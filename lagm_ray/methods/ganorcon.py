@@ -356,8 +356,8 @@ class GANORCONTrainer(Trainer):
             raise ConfigError("ganorcon.pretrain_steps + (projector_steps when distilling) must leave steps for "
                               f"the last stage of train.steps={cfg.train.steps}")
 
-    @property
-    def uses_generator(self) -> bool:
+    @classmethod
+    def uses_generator(cls, cfg) -> bool:
         return False
 
     def build(self) -> None:

@@ -18,7 +18,7 @@ NVlabs' loader ``exec``s ``module_src``. Here nothing from the file is ever run 
 Before that, :func:`identify_file` tells the file's type by its first bytes, whatever its suffix: a torch.save
 checkpoint or a PNG, gzip, zip, ... is named in the error instead of failing as a corrupt pickle (and
 :mod:`lagm_ray.synthetic` sends torch checkpoints to ``torch.load(weights_only=True)``, with its errors rephrased
-by :func:`torch_load_error`: torch's advice to load with ``weights_only=False`` is never passed on).
+by :func:`lagm_ray.storage.torch_load_error`: torch's advice to load with ``weights_only=False`` is never passed on).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import re
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,16 +35,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnsafePickleError
+from ..storage import torch_load_error
 
 try:  # numpy >= 2 pickles scalars as numpy._core.multiarray.scalar, numpy 1 as numpy.core.multiarray.scalar
     from numpy._core.multiarray import scalar as _np_scalar
 except ImportError:  # pragma: no cover - numpy 1
     from numpy.core.multiarray import scalar as _np_scalar
-
-
-class UnsafePickleError(CheckpointError):
-    """The pickle asks for a global outside the whitelist; nothing from it has been run."""
 
 
 class EasyDict(dict):
@@ -116,24 +112,6 @@ def identify_file(path: str | Path) -> FileType:
     if head[257:262] == b"ustar":
         return FileType("other", "a tar archive")
     return FileType("pickle", "a pickle")
-
-
-def torch_load_error(where: str | Path, e: BaseException) -> CheckpointError:
-    """``torch.load(weights_only=True)``'s error, rephrased: torch's message advises loading again with
-    ``weights_only=False`` (which runs the file's code) or allow-listing the global, advice lagm_ray never gives."""
-    message = str(e)
-    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", message)
-    if found:
-        return UnsafePickleError(f"{where}: refused global {found.group(1)}: not one a weights-only checkpoint may "
-                                 "hold, and lagm_ray never runs code from a checkpoint")
-    if "WeightsUnpickler error:" in message:
-        message = message.rsplit("WeightsUnpickler error:", 1)[1]
-    elif "Weights only load failed" in message:
-        message = message.split("\n\n", 1)[1] if "\n\n" in message else ""
-    reason = next((line.strip() for line in message.splitlines() if line.strip()), "")
-    if not reason or re.search(r"weights.only|add_safe_globals|safe_globals", reason, re.IGNORECASE):
-        reason = "weights-only loading refused it"
-    return CheckpointError(f"{where}: cannot read it as a torch checkpoint: {type(e).__name__}: {reason[:300]}")
 
 
 # ------------------------------------------------------------------------ restricted unpickling
