@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .data.toyworld import render
 from .errors import CheckpointError, ConfigError
 from .models.generator import Generator
-from .models.nvlabs_import import import_generator
+from .models.nvlabs_import import check_generator_init_kwargs, import_generator
 from .models.safe_pickle import identify_file
 from .storage import load_checkpoint
 
@@ -88,6 +88,7 @@ def read_generator_checkpoint(spec: str | Path) -> tuple[Path, dict[str, Any]]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != GENERATOR_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: not a lagm_ray generator checkpoint (format {found!r})")
+    check_generator_init_kwargs(ckpt.get("init_kwargs"), str(path))
     return path, ckpt
 
 

@@ -239,3 +239,40 @@ def test_the_console_script_gives_one_line_and_debug_gives_the_traceback(tmp_pat
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
     usage = subprocess.run(cmd + ["train", "--no-such-flag"], cwd=tmp_path, capture_output=True, text=True)
     assert usage.returncode == 2 and "No such option" in usage.stderr and "Traceback" not in usage.stderr
+
+
+def test_a_generator_pt_describing_a_huge_network_is_refused_before_anything_is_built(tiny, tmp_path):
+    """A lagm_ray .pt is data too: its init_kwargs are bounded as an NVlabs pickle's are, before
+    Generator(**init_kwargs) could allocate (img_resolution 65536 would ask for tens of GB)."""
+    import resource
+
+    from conftest import TINY_G
+
+    from lagm_ray.synthetic import GENERATOR_FORMAT
+
+    _, train = tiny
+    for name, kwargs, needle in [
+        ("huge.pt", dict(TINY_G, img_resolution=65536), "img_resolution=65536"),
+        ("wide.pt", dict(TINY_G, channel_base=1 << 24, channel_max=1 << 14, img_resolution=4096), "GiB"),
+        ("odd.pt", dict(TINY_G, input_mode="exec"), "input_mode"),
+        ("extra.pt", dict(TINY_G, evil=1), "evil"),
+    ]:
+        path = tmp_path / name
+        torch.save({"format": GENERATOR_FORMAT, "init_kwargs": kwargs, "state_dict": {}, "meta": {}}, path)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        assert_user_error(train("--set", f"generator.checkpoint={path}"), str(path), needle)
+        assert time.perf_counter() - t0 < 5
+        assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 2**30
+
+
+def test_the_size_bound_counts_every_tensor_of_the_toy_generators():
+    from lagm_ray.models.generator import Generator
+    from lagm_ray.models.nvlabs_import import generator_numel
+    from lagm_ray.synthetic import read_generator_checkpoint
+
+    for category in ("faces", "car"):
+        kwargs = read_generator_checkpoint(f"embedded:{category}")[1]["init_kwargs"]
+        assert kwargs.get("input_mode") == "w"
+        G = Generator(**kwargs)
+        assert generator_numel(kwargs) == sum(t.numel() for t in G.state_dict().values())

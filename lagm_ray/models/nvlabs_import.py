@@ -130,7 +130,12 @@ def generator_numel(init_kwargs: dict[str, Any]) -> int:
     while res <= res_max:
         ch = min(base // res, cmax)
         n += taps  # the block's resample_filter
-        n += ch * res * res if res == 4 else layer(min(base // (res // 2), cmax), ch, res, taps)  # const or conv0
+        if res > 4:
+            n += layer(min(base // (res // 2), cmax), ch, res, taps)  # conv0
+        elif init_kwargs.get("input_mode", "const") == "w":  # ours: a linear map from w (weight and bias)
+            n += w_dim * ch * 16 + ch * 16
+        else:
+            n += ch * 16  # NVlabs' learned constant
         n += layer(ch, ch, res, 16)  # conv1: not given resample_filter (as in NVlabs), so its default 4 taps
         n += (w_dim * ch + ch) + img_channels * ch + img_channels  # torgb: affine, 1x1 weight, bias
         res *= 2
@@ -206,13 +211,37 @@ def generator_init_kwargs(record: PersistentRecord, path: str | Path = "") -> di
     if problems:
         raise CheckpointError(f"{where}: init arguments out of range: {'; '.join(problems)}")
     init_kwargs = {**kw, "mapping_kwargs": mapping, **synthesis}
+    _check_size(init_kwargs, where)
+    return init_kwargs
+
+
+def check_generator_init_kwargs(init_kwargs: Any, where: str) -> None:
+    """The same bounds for a lagm_ray generator checkpoint's ``init_kwargs`` (``Generator``'s own flat
+    layout), before ``Generator(**init_kwargs)`` allocates anything: a .pt file is data, like a pickle."""
+    if not isinstance(init_kwargs, dict) or not all(isinstance(k, str) for k in init_kwargs):
+        raise CheckpointError(f"{where}: init_kwargs must be a dict of named arguments")
+    mapping = init_kwargs.get("mapping_kwargs") or {}
+    kw = {k: v for k, v in init_kwargs.items() if k in _G_PARAMS}
+    synthesis = {k: v for k, v in init_kwargs.items() if k not in _G_PARAMS}
+    unknown = sorted(set(synthesis) - _SYNTHESIS_OPTIONS - _LAYOUT_ONLY - {"input_mode"})
+    if synthesis.pop("input_mode", "const") not in ("const", "w"):  # ours: the toy generator's 'w'
+        raise CheckpointError(f"{where}: input_mode must be 'const' or 'w', got {shown(init_kwargs['input_mode'])}")
+    missing = sorted({"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"} - set(kw))
+    if unknown or missing or not isinstance(mapping, dict) or set(mapping) - _MAPPING_OPTIONS:
+        raise CheckpointError(f"{where}: unsupported generator init_kwargs (unknown {unknown}, missing {missing})")
+    problems = _argument_problems(kw, mapping, synthesis)
+    if problems:
+        raise CheckpointError(f"{where}: init arguments out of range: {'; '.join(problems)}")
+    _check_size(init_kwargs, where)
+
+
+def _check_size(init_kwargs: dict[str, Any], where: str) -> None:
     numel = generator_numel(init_kwargs)
     if numel * 4 > MAX_GENERATOR_BYTES:
         raise CheckpointError(
             f"{where}: its init arguments describe a generator of {numel:,} parameters and buffers "
             f"({numel * 4 / 2**30:,.1f} GiB as float32), more than the {MAX_GENERATOR_BYTES / 2**30:g} GiB lagm_ray "
             f"imports (nvlabs_import.MAX_GENERATOR_BYTES); nothing was built")
-    return init_kwargs
 
 
 _MAX_MODULE_DEPTH = 32  # NVlabs' G_ema: G_ema.synthesis.b1024.conv0.affine is 4 deep
