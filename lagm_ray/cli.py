@@ -16,12 +16,18 @@ from rich.table import Table
 
 from .errors import CheckpointError, ConfigError, DataError
 
+HELP_NAMES = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="LAGM (learning to annotate part segmentation with gradient matching) on Ray.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP_NAMES)
 console = Console()
 
+# One spelling per concept, in every command that has it.
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (defaults are the paper's).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a key, e.g. --set train.K=5 (repeatable).")
+TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow (tracking.uri, else $MLFLOW_TRACKING_URI, "
+                                                          "else sqlite:///mlflow.db).")
+ExperimentOpt = typer.Option(None, "--experiment", help="MLflow experiment (default: the config's "
+                                                          "tracking.experiment).")
 
 
 # What a user can cause and fix: one line on stderr, exit status 2, no traceback (unless --debug).
@@ -42,10 +48,27 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"lagm_ray {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def options(debug: bool = typer.Option(False, "--debug", help=f"Show the traceback of a user error too "
-                                                               f"(or set {DEBUG_ENV}=1).")):
+                                                               f"(or set {DEBUG_ENV}=1)."),
+            version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                         help="Print the version and exit.")):
     _debug["on"] = debug
+
+
+def with_options(set_: Optional[list[str]], seed: Optional[int] = None, experiment: Optional[str] = None) -> list[str]:
+    """The --set list with the dedicated flags folded in (they are spellings of config keys)."""
+    extra = [f"run.seed={seed}"] if seed is not None else []
+    extra += [f"tracking.experiment={experiment}"] if experiment else []
+    return [*(set_ or []), *extra]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -73,12 +96,13 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
 @app.command()
 def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
           resume: Optional[str] = typer.Option(None, help="'auto' (the run dir's last.pt) or a checkpoint path."),
-          track: bool = typer.Option(True, help="Log to MLflow.")):
+          seed: Optional[int] = typer.Option(None, help="run.seed: networks, latents and batches."),
+          track: bool = TrackOpt, experiment: Optional[str] = ExperimentOpt):
     """Train an annotator (LAGM) or a baseline from a config."""
     from .methods import load_config  # torch, every method
     from .runs import run_dir_of, train_one
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, with_options(set_, seed, experiment))
     try:
         result = train_one(cfg, resume=resume, track=track)
     except KeyboardInterrupt:
@@ -92,11 +116,13 @@ def train(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt
 @app.command()
 def evaluate(checkpoint: Path = typer.Argument(..., help="best.pt or last.pt of a run"),
              config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-             downstream: bool = typer.Option(False, help="Also run Table 1's downstream protocol.")):
+             downstream: bool = typer.Option(False, help="Also run Table 1's downstream protocol."),
+             track: bool = TrackOpt, experiment: Optional[str] = ExperimentOpt):
     """Evaluate a trained segmentor (and annotator) on the test split."""
     from .runs import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, config, set_ or [], downstream=downstream)
+    metrics = evaluate_checkpoint(checkpoint, config, with_options(set_, None, experiment), downstream=downstream,
+                                  track=track)
     print_metrics(f"evaluation of {checkpoint}", metrics)
 
 
@@ -113,7 +139,8 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
                             None, help="Weigh each part's pixels by its pixel share ** -this (0: plain L1). " + RECIPE),
                         seed: int = typer.Option(0),
                         out: Optional[Path] = typer.Option(None, help="Default: the shipped asset path."),
-                        track: bool = typer.Option(True, help="Log to MLflow.")):
+                        track: bool = TrackOpt,
+                        experiment: str = typer.Option("lagm-generators", "--experiment", help="MLflow experiment.")):
     """Train the embedded world's toy StyleGAN2 by distilling the renderer."""
     from .generator_training import recipe
     from .runs import train_toy_generator
@@ -121,7 +148,7 @@ def train_generator_cmd(category: str = typer.Option("faces", help="Embedded wor
     # options left unset take the category's recipe
     given = {"steps": steps, "batch_size": batch_size, "lr": lr, "part_weighting": part_weighting}
     c = recipe(category, resolution=resolution, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    train_toy_generator(c, out, track=track)
+    train_toy_generator(c, out, track=track, experiment=experiment)
 
 
 @app.command("import-generator")
@@ -166,7 +193,7 @@ def render(category: str = typer.Option("faces"), n: int = typer.Option(8), reso
 def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (smoke test)."),
                seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
                out: Path = typer.Option(Path("quickstart_results.json")),
-               track: bool = typer.Option(True, help="Log to MLflow."),
+               track: bool = TrackOpt,
                parallel: int = typer.Option(2, help="Trainings at a time, one torch thread each "
                                                      "(1: one after another with the config's threads)."),
                set_: Optional[list[str]] = SetOpt):
@@ -230,8 +257,8 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
              min_confidence: Optional[float] = typer.Option(None, help="Drop images whose confidence is below."),
              max_entropy: Optional[float] = typer.Option(None, help="Drop images whose mean entropy is above."),
              local: bool = typer.Option(False, "--local", help="Generate in this process, without Ray."),
-             track: bool = typer.Option(True, help="Log the run to MLflow."),
-             experiment: str = typer.Option("lagm-datasets", help="MLflow experiment.")):
+             track: bool = TrackOpt,
+             experiment: str = typer.Option("lagm-datasets", "--experiment", help="MLflow experiment.")):
     """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
     Re-running the same command after an interruption writes only the missing shards."""
     from .datagen import GenerationSpec
@@ -248,26 +275,55 @@ def downstream(shards: Path = typer.Argument(..., help="A `lagm generate` output
                config: Optional[Path] = typer.Option(None, "--config", "-c",
                                                      help="Config (default: the annotator run's, from the manifest)."),
                set_: Optional[list[str]] = SetOpt,
-               ray: bool = typer.Option(False, "--ray", help="Read the shards through Ray Data.")):
+               ray: bool = typer.Option(False, "--ray", help="Read the shards through Ray Data."),
+               track: bool = TrackOpt, experiment: Optional[str] = ExperimentOpt):
     """Table 1's downstream protocol on a shard directory: a fresh segmentor trained on the shards alone,
     scored on the config's real test split at its best validation epoch."""
     from .annotator_runs import downstream_config
     from .config import parse_override
     from .datagen import open_dataset
     from .methods import load_config  # torch, every method
+    from .runs import log_command_run
 
+    overrides = with_options(set_, None, experiment)
     if config is not None:
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config, overrides)
     else:
         cfg = downstream_config(open_dataset(shards, checksums=False))
-        if set_:
-            cfg = cfg.replace(dict(parse_override(o) for o in set_), source="--set")
+        if overrides:
+            cfg = cfg.replace(dict(parse_override(o) for o in overrides), source="--set")
     if ray:
         from .distributed.generate import downstream_from_shards
     else:
         from .downstream import downstream_from_shards
     metrics = downstream_from_shards(shards, cfg)
+    if track and cfg.tracking.enabled:
+        log_command_run(cfg, f"downstream-{shards.name}", metrics, {"shards": str(shards.resolve())})
     print_metrics(f"downstream segmentor trained on {shards}", metrics)
+
+
+config_app = typer.Typer(help="The config: resolved, or its schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt):
+    """Print the resolved config (defaults, then the file, then --set) as YAML, checked as `lagm train` would."""
+    from .methods import load_config
+
+    typer.echo(load_config(config, set_ or []).to_yaml(), nl=False)
+
+
+@config_app.command("schema")
+def config_schema():
+    """Print the config's JSON schema (every section, key, type, default and bound)."""
+    import json
+
+    from pydantic import TypeAdapter
+
+    from .methods import Config
+
+    typer.echo(json.dumps(TypeAdapter(Config).json_schema(), indent=2))
 
 
 data_app = typer.Typer(help="Real datasets in their release layouts.", no_args_is_help=True)

@@ -25,7 +25,7 @@ from .preflight import check_run, check_writable_dir
 from .progress import ProgressCallback, make_progress
 from .storage import atomic_write_text, load_checkpoint
 from .synthetic import embedded_generator_path
-from .tracking import MLflowCallback, generator_run, log_dataset_run
+from .tracking import MLflowCallback, command_run, log_dataset_run
 from .trainer import BEST_FORMAT, CHECKPOINT_FORMAT, LocalCheckpoints
 
 console = Console()
@@ -117,7 +117,7 @@ def sigterm_as_interrupt():
 
 
 def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
-                        downstream: bool = False) -> dict[str, float]:
+                        downstream: bool = False, track: bool = False) -> dict[str, float]:
     """Metrics of a ``best.pt`` (best validation step) or ``last.pt`` (resume state) checkpoint.
 
     The run's own config (stored in the checkpoint) is used unless ``config`` is given; ``overrides``
@@ -147,17 +147,30 @@ def evaluate_checkpoint(path: str | Path, config: str | Path | None = None, over
     metrics["step"] = float(trainer.step)
     if downstream:
         metrics.update(trainer.downstream(use_best=False))
+    if track and cfg.tracking.enabled:
+        log_command_run(cfg, f"evaluate-{cfg.run.name}", metrics, {"checkpoint": str(path.resolve())})
     return metrics
 
 
-def train_toy_generator(c, out: Optional[Path] = None, track: bool = True) -> dict[str, float]:
-    """Train a toy generator with a progress bar, logged to MLflow (experiment lagm-generators)."""
+def log_command_run(cfg, run_name: str, metrics: dict[str, float], params: dict[str, str]) -> str:
+    """One MLflow run for a command that measures without training (evaluate, downstream): the config and
+    ``params``, its metrics, in the config's experiment; returns the run id."""
+    with command_run({**cfg.flat(), **params}, run_name, cfg.tracking.experiment, cfg.tracking.uri) as (run_id, log):
+        log(metrics)
+    console.print(f"MLflow run {run_id} (experiment {cfg.tracking.experiment})")
+    return run_id
+
+
+def train_toy_generator(c, out: Optional[Path] = None, track: bool = True,
+                        experiment: str = "lagm-generators") -> dict[str, float]:
+    """Train a toy generator with a progress bar, logged to MLflow."""
 
     out = out or embedded_generator_path(c.category)
     run = contextlib.nullcontext()  # yields None: no MLflow
     if track:
-        run = generator_run(c.__dict__, f"toy-generator-{c.category}-{c.resolution}px")
-    with run as log_metrics, make_progress() as progress:
+        run = command_run(c.__dict__, f"toy-generator-{c.category}-{c.resolution}px", experiment)
+    with run as opened, make_progress() as progress:
+        log_metrics = opened[1] if opened else None
         task = progress.add_task(f"generator {c.category}", total=c.steps, info="")
 
         def on_step(step, m):

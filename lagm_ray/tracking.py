@@ -114,13 +114,19 @@ def end_run(run_id: str, uri: str | None = None, status: str = "FINISHED",
 
 
 @contextlib.contextmanager
-def generator_run(config: dict[str, Any], run_name: str, experiment: str = "lagm-generators",
-                  uri: str | None = None) -> Iterator[Callable[..., None]]:
-    """A run for `lagm train-generator`: its settings as params; yields ``log_metrics(metrics, step=None)``."""
+def command_run(params: dict[str, Any], run_name: str, experiment: str,
+                uri: str | None = None) -> Iterator[tuple[str, Callable[..., None]]]:
+    """A run for a command that is not a training (`lagm train-generator`, `evaluate`, `downstream`): its
+    settings as params, the code version as tags; yields ``(run_id, log_metrics(metrics, step=None))``.
+    Ends FAILED if the body raises, KILLED on Ctrl-C."""
     experiment_id = use_experiment(experiment, uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=code_version()):
-        log_params(config)
-        yield mlflow.log_metrics
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=code_version()) as run:
+        log_params(params)
+        try:
+            yield run.info.run_id, mlflow.log_metrics
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
 
 
 class MLflowCallback(Callback):

@@ -56,6 +56,53 @@ def test_train_then_evaluate_with_mlflow(tiny_config, tmp_path):
                "--set", "eval.downstream_epochs=1", "--set", "eval.downstream_batch_size=4"], tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "downstream/test/fg_miou" in out.stdout and "test/fg_miou" in out.stdout
+    # evaluate logs its own run (tracked by default, in the run's experiment or --experiment's)
+    evaluated = mlflow.search_runs(experiment_names=["cli-test"], output_format="list",
+                                   filter_string="attributes.run_name = 'evaluate-tiny'")
+    assert len(evaluated) == 1 and evaluated[0].info.status == "FINISHED"
+    assert evaluated[0].data.params["checkpoint"] == str((run_dir / "best.pt").resolve())
+    assert evaluated[0].data.metrics["downstream/test/fg_miou"] == result_metric(out.stdout)
+    out = run(["evaluate", str(run_dir / "best.pt"), "--no-track", "--experiment", "never"], tmp_path)
+    assert out.returncode == 0 and not mlflow.get_experiment_by_name("never")
+
+
+def result_metric(stdout: str) -> float:
+    """downstream/test/fg_miou as the table prints it (percent, 2 decimals), as a fraction."""
+    line = next(line for line in stdout.splitlines() if "downstream/test/fg_miou" in line)
+    return pytest.approx(float(line.split()[-2]) / 100, abs=5e-5)
+
+
+def test_version_short_help_and_completion():
+    out = lagm_cli(["--version"])
+    assert out.returncode == 0 and out.stdout.startswith("lagm_ray 0.")
+    short, long = lagm_cli(["train", "-h"]), lagm_cli(["train", "--help"])
+    assert short.returncode == 0 and short.stdout == long.stdout and "--resume" in short.stdout
+    assert "--install-completion" in lagm_cli(["--help"]).stdout
+    for command in ("train", "evaluate", "downstream", "quickstart", "generate", "train-generator"):
+        text = lagm_cli([command, "--help"]).stdout
+        assert "--track" in text and "--no-track" in text, command
+    for command in ("train", "evaluate", "downstream", "generate", "train-generator"):
+        assert "--experiment" in lagm_cli([command, "--help"]).stdout, command
+
+
+def test_config_show_prints_the_resolved_config_and_schema_its_json_schema(tmp_path):
+    import yaml
+
+    path = tmp_path / "my.yaml"
+    path.write_text("train: {K: 5, matched_blocks: [All]}\nsegmentor: {kind: unet, width: 8}\n")
+    out = lagm_cli(["config", "show", "-c", path, "--set", "train.steps=7"])
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["train"]["K"] == 5 and shown["train"]["steps"] == 7 and shown["segmentor"]["width"] == 8
+    assert shown["train"]["annotator_optim"]["name"] == "sgd"  # defaults filled in
+    from lagm_ray.methods import load_config
+
+    assert load_config(None, []).to_yaml() == lagm_cli(["config", "show"]).stdout
+    bad = lagm_cli(["config", "show", "--set", "train.K=0"])
+    assert bad.returncode == 2 and "train.K" in bad.stderr
+    schema = json.loads(lagm_cli(["config", "schema"]).stdout)
+    train = schema["$defs"][schema["properties"]["train"]["$ref"].rsplit("/", 1)[1]]
+    assert train["properties"]["K"]["default"] == 1 and "steps" in train["properties"]
 
 
 def test_quickstart_writes_its_results_and_nests_runs_in_mlflow(tmp_path):
