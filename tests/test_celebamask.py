@@ -319,7 +319,35 @@ def test_data_check_unknown_dataset_and_missing_root(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: data.dataset: unknown dataset")
     assert "Traceback" not in out.stderr
     out = lagm(["data", "check", str(tmp_path / "absent"), "--dataset", "celebamask-hq"])
-    assert out.returncode == 1 and f"{tmp_path / 'absent'}: dataset root is not a directory" in out.stdout
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == (f"error: {tmp_path / 'absent'}: no such folder (a celebamask_hq folder holds "
+                          "CelebA-HQ-img/, CelebAMask-HQ-mask-anno/)\n")
+
+
+def test_data_check_of_an_empty_or_other_folder_is_one_line(tmp_path):
+    """Not 30,000 lines (one per missing image and mask) but one, on stderr, naming the folder and what a
+    CelebAMask-HQ folder holds."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other"
+    (other / "JPEGImages").mkdir(parents=True)  # a VOC folder, say
+    for root, what in ((empty, "the folder is empty"), (other, "holds none of CelebA-HQ-img/")):
+        out = lagm(["data", "check", str(root), "--dataset", "celebamask-hq", "--out", str(tmp_path)])
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"error: {root}: {what}") and out.stderr.count("\n") == 1, out.stderr
+        assert "CelebAMask-HQ-mask-anno/" in out.stderr
+        assert len(out.stdout.splitlines()) <= 1  # the "checking ..." line, no table and no problem list
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_data_check_missing_mask_folder_is_one_problem(tmp_path):
+    (tmp_path / "root" / celebamask.IMAGE_DIR).mkdir(parents=True)
+    out = lagm(["data", "check", str(tmp_path / "root"), "--dataset", "celebamask-hq", "--out", str(tmp_path)])
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    start = lines.index("1 problem(s):")
+    assert lines[start + 1] == f"{tmp_path / 'root' / celebamask.MASK_DIR}: folder not found (part of the release layout)"
+    assert len(lines) < 40  # the table and the one problem, not 15,000 missing masks
 
 
 # ---------------------------------------------------------------------------------------------
