@@ -20,6 +20,7 @@ from conftest import tiny_overrides
 from lagm_ray import datagen as dg
 from lagm_ray.annotator_runs import generate_local, load_labeller
 from lagm_ray.downstream import downstream_from_shards, downstream_metrics
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import load_config
 from lagm_ray.storage import save_checkpoint, sha256_file
 from lagm_ray.trainer import BEST_FORMAT, Trainer
@@ -243,6 +244,45 @@ def test_killed_run_resumes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--concurrency", "0", "--concurrency must be >= 1, got 0"),  # Ray would have run one actor
+    ("--cpus-per-actor", "0", "--cpus-per-actor must be > 0, got 0.0"),
+    ("--num-images", "0", "--num-images must be >= 1, got 0"),
+    ("--shard-size", "0", "--shard-size must be >= 1, got 0"),
+    ("--batch-size", "-1", "--batch-size must be >= 1, got -1"),
+])
+def test_generate_refuses_bad_pool_and_sizes_naming_the_option(tiny_run, tmp_path, option, value, message):
+    """Through the real CLI: exit 2, one line on stderr naming the option, no traceback, nothing written,
+    and refused before Ray starts (a run of one actor would take far longer than this budget)."""
+    out = tmp_path / "out"
+    args = ["--annotator", str(tiny_run[0].parent), "--num-images", "10", "--shard-size", "4", "--out", str(out),
+            "--no-track", option, value]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "generate", *args], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == f"error: {message}", r.stdout + r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    # The pool's options are checked by generate_dataset, inside generate_and_log's progress bar, whose
+    # first frame (on stderr) may come before the error; nothing else may.
+    assert all(line.startswith("generate out ") for line in r.stderr.splitlines()[:-1]), r.stderr
+    assert not out.exists() and time.monotonic() - t0 < 60
+
+
+def test_spec_and_pool_options_are_checked_in_the_library():
+    with pytest.raises(ConfigError, match=r"^--concurrency must be >= 1, got -2$"):
+        dg.check_workers(-2, 1.0)
+    for cpus in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"^--cpus-per-actor must be > 0"):
+            dg.check_workers(None, cpus)
+    dg.check_workers(None, 0.5)
+    dg.check_workers(1, 2.0)
+    with pytest.raises(ConfigError, match=r"^--max-entropy must be a number >= 0, got nan$"):
+        dg.GenerationSpec(num_images=1, max_entropy=float("nan"))  # would have filtered every image
+    with pytest.raises(ConfigError, match=r"^--seed must be >= 0"):
+        dg.GenerationSpec(num_images=1, seed=-1)
+
 
 
 def test_errors_name_the_file(dataset, tiny_run, tmp_path):

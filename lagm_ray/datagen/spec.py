@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from .. import __version__
+from ..errors import ConfigError
 
 DATASET_FORMAT = "lagm_ray.dataset/v1"
 
@@ -45,17 +46,18 @@ class GenerationSpec:
     max_entropy: float | None = None  # drop images whose mean entropy is above
 
     def __post_init__(self) -> None:
+        """Each bad value is a ConfigError naming the option of `lagm generate` that sets it."""
         for name in ("num_images", "shard_size", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{_option(name)} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.truncation_psi is not None and self.truncation_psi < 0:
-            raise ValueError(f"truncation_psi must be >= 0, got {self.truncation_psi}")
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.truncation_psi is not None and not (math.isfinite(self.truncation_psi) and self.truncation_psi >= 0):
+            raise ConfigError(f"--truncation must be a number >= 0, got {self.truncation_psi}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
-            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
-        if self.max_entropy is not None and self.max_entropy < 0:
-            raise ValueError(f"max_entropy must be >= 0, got {self.max_entropy}")
+            raise ConfigError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
+        if self.max_entropy is not None and not (math.isfinite(self.max_entropy) and self.max_entropy >= 0):
+            raise ConfigError(f"--max-entropy must be a number >= 0, got {self.max_entropy}")
 
     @property
     def num_shards(self) -> int:
@@ -85,6 +87,19 @@ class GenerationSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_workers(concurrency: int | None, cpus_per_actor: float) -> None:
+    """The actor pool's options, checked before anything starts: Ray would turn a pool of 0 actors into 1
+    without a word, and an actor of 0 CPUs is not a worker."""
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {concurrency}")
+    if not (math.isfinite(cpus_per_actor) and cpus_per_actor > 0):
+        raise ConfigError(f"--cpus-per-actor must be > 0, got {cpus_per_actor}")
 
 
 @dataclass(frozen=True)
