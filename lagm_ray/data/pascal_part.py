@@ -48,7 +48,14 @@ import torch
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits
-from .files import DataReport, check_same_size, image_tensor, read_image, require_root, to_tensors
+from .files import (
+    DataReport,
+    check_same_size,
+    image_tensor,
+    read_image,
+    require_root,
+    to_tensors,
+)
 
 NUM_LABELLED = 180  # the reference's train / validation cut of the VOC train crops
 MAX_OVERLAP_IOU = 0.05

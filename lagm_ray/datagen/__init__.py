@@ -37,7 +37,13 @@ from .shards import (
     produce_shard,
     read_shard,
 )
-from .spec import AnnotatorInfo, DatasetError, GenerationSpec, SettingsMismatch, check_workers
+from .spec import (
+    AnnotatorInfo,
+    DatasetError,
+    GenerationSpec,
+    SettingsMismatch,
+    check_workers,
+)
 
 __all__ = [
     "MANIFEST", "META_KEY", "AnnotatorInfo", "DatasetError", "GenerationSpec", "Labeller", "Plan", "Samples",
