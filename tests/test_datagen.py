@@ -3,6 +3,7 @@ after a kill, clear errors naming the file, filtering, and the downstream protoc
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -338,6 +339,75 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
         dg.open_dataset(out)
     with pytest.raises(dg.DatasetError, match=r"_manifest\.json: no dataset manifest"):
         dg.open_dataset(tmp_path)
+
+
+def edited(directory: Path, edit) -> Path:
+    """The directory's manifest after ``edit(manifest)``, written back as a hand edit would be (every sha256 kept)."""
+    m = manifest(directory)
+    edit(m)
+    (directory / dg.MANIFEST).write_text(json.dumps(m, indent=2))
+    return directory
+
+
+def test_a_hand_edited_manifest_is_refused_though_its_checksums_match(dataset, tiny_run, tmp_path):
+    out = copy(dataset, tmp_path)
+    original = (out / dg.MANIFEST).read_text()
+    mpath = re.escape(str(out / dg.MANIFEST))
+
+    def refused(edit, pattern: str) -> None:
+        (out / dg.MANIFEST).write_text(original)
+        edited(out, edit)
+        for checksums in (True, False):
+            with pytest.raises(dg.DatasetError, match=pattern):
+                dg.open_dataset(out, checksums=checksums)
+
+    def rows(m):
+        m["rows"] = 11
+    refused(rows, mpath + r": records 11 rows, but its shard entries add up to 10 \(edited by hand\?\)")
+
+    def filtered(m):
+        m["filter"]["filtered"] = 2
+    refused(filtered, mpath + r": records 2 filtered images, but its shard entries add up to 0")
+
+    def entry_and_total(m):  # consistent with each other, not with the file
+        m["shards"][0].update(rows=3, filtered=1)
+        m["rows"], m["filter"]["filtered"] = 9, 1
+    refused(entry_and_total, r"shard-00000\.parquet: 4 rows, but " + mpath + " records 3$")
+
+    def entry_only(m):
+        m["shards"][1]["rows"] = 5
+        m["rows"] = 11
+    refused(entry_only, mpath + r": shard-00001\.parquet records 5 rows and 0 filtered, but holds the 4 seeds \[4, 8\)")
+
+    def dropped(m):  # the last shard forgotten, the totals made to agree
+        m["shards"].pop()
+        m["rows"], m["num_shards"] = 8, 2
+    refused(dropped, mpath + r": lists 2 shards \(num_shards 2\), but 10 images in shards of 4 make 3")
+
+    def swapped(m):
+        m["shards"][0], m["shards"][1] = m["shards"][1], m["shards"][0]
+    refused(swapped, mpath + r": shard entry 0 is shard-00001\.parquet")
+
+    def malformed(m):
+        del m["shards"][2]["rows"]
+    refused(malformed, mpath + r": malformed manifest \(KeyError: 'rows'\)")
+
+    # Through the CLI: one line on stderr naming the manifest, exit 2, no traceback, nothing trained.
+    (out / dg.MANIFEST).write_text(original)
+    edited(out, rows)
+    r = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "downstream", str(out)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stderr == f"error: {out / dg.MANIFEST}: records 11 rows, but its shard entries add up to 10 (edited by hand?)\n"
+
+    # A re-run of the same command does not take the edited entry on trust: its shard's footer has the
+    # truth, so the manifest is rewritten right and no shard is regenerated.
+    (out / dg.MANIFEST).write_text(original)
+    edited(out, entry_and_total)
+    m = generate_local(tiny_run[0], out, SPEC)
+    assert m["rows"] == 10 and m["shards"][0]["rows"] == 4 and m["last_run"]["shards_written"] == 0
+    assert shas(out) == shas(dataset) and dg.open_dataset(out).rows == 10
 
 
 def test_uncertainty_filtering_is_reported(dataset, tiny_run, tmp_path):
