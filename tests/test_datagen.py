@@ -139,6 +139,17 @@ def test_hugging_face_datasets_opens_the_shards(dataset):
 # ------------------------------------------------------------------------------------------ determinism
 
 
+def test_docs_claim_byte_for_byte_only_at_equal_thread_counts():
+    """Generation is byte for byte only at one torch thread count per worker (1 against 2 threads changes
+    shard sha256s): wherever the README or the dataset docs say "byte for byte" of generation, the same
+    paragraph or list item says so."""
+    root = Path(__file__).resolve().parent.parent
+    for doc in (root / "README.md", root / "docs" / "synthetic-datasets.md"):
+        for block in re.split(r"\n\s*\n|\n(?=- )", doc.read_text()):
+            if re.search(r"byte[ -]for[ -]byte", block, re.IGNORECASE):
+                assert "thread" in block, (doc.name, block)
+
+
 def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tmp_path):
     generate_local(tiny_run[0], tmp_path / "again", SPEC)
     assert shas(tmp_path / "again") == shas(dataset)  # byte for byte

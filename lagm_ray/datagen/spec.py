@@ -3,11 +3,12 @@ the annotator and generator that label (:class:`AnnotatorInfo`, identified by co
 
 Determinism. A row is a function of its seed and of the dataset's identity (annotator and generator
 files, truncation, filters, forward batch size): each latent comes from its own
-``torch.Generator().manual_seed(seed)`` and shard k always holds the same seeds, so the number of workers,
-the order they finish in and the thread count change nothing. The forward batch size is part of the
-identity because CPU matrix products round differently for different batch sizes (about 1e-6), which is
-enough to move a few pixels across a uint8 boundary. Between a CPU and a GPU, rows agree only up to such
-rounding.
+``torch.Generator().manual_seed(seed)`` and shard k always holds the same seeds, so the number of workers
+and the order they finish in change nothing. The forward batch size is part of the identity because CPU
+matrix products round differently for different batch sizes (about 1e-6), which is enough to move a few
+pixels across a uint8 boundary. The torch thread count splits those sums differently too, so rows are
+byte-identical only between workers with the same thread count (a Ray actor: ``int(cpus_per_actor)``, at
+least 1); at different counts, and between a CPU and a GPU, they agree only up to such rounding.
 """
 
 from __future__ import annotations
