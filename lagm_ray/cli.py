@@ -336,21 +336,20 @@ def data_check(root: Path = typer.Argument(..., help="The dataset's root folder,
                limit: Optional[int] = typer.Option(None, min=1, help="Check only the first N images of each split."),
                out: Path = typer.Option(Path("."), "--out", help="Directory for the picture check_<dataset>.png.")):
     """Validate a dataset folder (missing or corrupt files, unknown mask values, image/mask sizes),
-    print its class frequencies, and draw images beside their masks. Exits 1 listing every problem."""
-    from .data.check import run_check, summary_line, summary_table, write_picture
+    print its class frequencies, and draw images beside their masks. Exits 1 listing the first problems."""
+    from .data.check import problem_lines, run_check, summary_table, write_picture
 
     console.print(f"checking {root} as {dataset}" + (f" (first {limit} images of each split)" if limit else ""))
     report = run_check(root, dataset, limit)
     console.print(summary_table(report))
-    console.print(summary_line(report), soft_wrap=True)
     picture = write_picture(report, out)
     if picture is not None:
         console.print(f"wrote {picture}", soft_wrap=True)
+    # plain lines (no rich wrapping or markup): the first problems, one per line starting with the file,
+    # how many more, and the summary line last
+    for line in problem_lines(report):
+        typer.echo(line)
     if report.problems:
-        # plain lines (no rich wrapping or markup): one problem per line, starting with the file
-        typer.echo(f"{len(report.problems)} problem(s):")
-        for problem in report.problems:
-            typer.echo(problem)
         raise typer.Exit(1)
     console.print(f"[green]ok:[/] {report.num_checked} images, no problems")
 

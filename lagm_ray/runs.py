@@ -16,7 +16,7 @@ from rich.console import Console
 
 from .annotator_runs import describe_annotator, generate_local
 from .config import flatten, parse_override
-from .datagen import sample_grid
+from .datagen import check_workers, sample_grid
 from .errors import CheckpointError
 from .generator_training import train_generator
 from .methods import build_trainer, from_dict, load_config
@@ -193,7 +193,8 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
     def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/] {message}")
 
-    # before the progress bar and Ray: the annotator run readable, the output a folder we can write
+    # before the progress bar and Ray: the pool's options, the annotator run readable, the output writable
+    check_workers(concurrency, cpus_per_actor)
     info = describe_annotator(annotator, spec.truncation_psi)
     check_writable_dir(out, "--out")
     t0 = time.perf_counter()

@@ -179,7 +179,7 @@ def test_generate_refuses_bad_options_and_outputs(tmp_path):
     assert_user_error(lagm_cli(["generate", "--annotator", tmp_path / "none", "--num-images", "4",
                                 "--out", tmp_path / "ds", "--local", "--no-track"]), "none")
     assert_user_error(lagm_cli(["generate", "--annotator", tmp_path, "--num-images", "0",
-                                "--out", tmp_path / "ds", "--local", "--no-track"]), "num_images")
+                                "--out", tmp_path / "ds", "--local", "--no-track"]), "--num-images")
     res = lagm_cli(["generate", "--annotator", tmp_path / "none", "--num-images", "4", "--out", out_file,
                     "--local", "--no-track"])
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -276,3 +276,18 @@ def test_the_size_bound_counts_every_tensor_of_the_toy_generators():
         assert kwargs.get("input_mode") == "w"
         G = Generator(**kwargs)
         assert generator_numel(kwargs) == sum(t.numel() for t in G.state_dict().values())
+
+
+def test_generate_refuses_an_empty_actor_pool_before_the_progress_bar(tmp_path):
+    for flag, value, needle in (("--concurrency", "0", "--concurrency must be >= 1"),
+                                ("--cpus-per-actor", "0", "--cpus-per-actor")):
+        res = lagm_cli(["generate", "--annotator", tmp_path, "--num-images", "4", "--out", tmp_path / "ds",
+                        flag, value, "--no-track"])
+        assert_user_error(res, needle)
+        assert not (tmp_path / "ds").exists()
+
+
+def test_data_check_on_an_empty_folder_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(lagm_cli(["data", "check", tmp_path / "empty", "--dataset", "celebamask-hq"]),
+                      str(tmp_path / "empty"))

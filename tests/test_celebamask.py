@@ -307,7 +307,8 @@ def test_data_check_lists_every_problem(tree, tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     start = lines.index(f"{len(broken)} problem(s):")
-    problems = lines[start + 1:]
+    problems = lines[start + 1:-1]
+    assert lines[-1].startswith("9 images checked, 5 problem(s)")  # the summary comes last
     assert len(problems) == len(broken), out.stdout
     for path in broken:
         assert any(line.startswith(str(path)) for line in problems), (path, problems)
@@ -319,7 +320,35 @@ def test_data_check_unknown_dataset_and_missing_root(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: data.dataset: unknown dataset")
     assert "Traceback" not in out.stderr
     out = lagm(["data", "check", str(tmp_path / "absent"), "--dataset", "celebamask-hq"])
-    assert out.returncode == 1 and f"{tmp_path / 'absent'}: dataset root is not a directory" in out.stdout
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == (f"error: {tmp_path / 'absent'}: no such folder (a celebamask_hq folder holds "
+                          "CelebA-HQ-img/, CelebAMask-HQ-mask-anno/)\n")
+
+
+def test_data_check_of_an_empty_or_other_folder_is_one_line(tmp_path):
+    """Not 30,000 lines (one per missing image and mask) but one, on stderr, naming the folder and what a
+    CelebAMask-HQ folder holds."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other"
+    (other / "JPEGImages").mkdir(parents=True)  # a VOC folder, say
+    for root, what in ((empty, "the folder is empty"), (other, "holds none of CelebA-HQ-img/")):
+        out = lagm(["data", "check", str(root), "--dataset", "celebamask-hq", "--out", str(tmp_path)])
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"error: {root}: {what}") and out.stderr.count("\n") == 1, out.stderr
+        assert "CelebAMask-HQ-mask-anno/" in out.stderr
+        assert len(out.stdout.splitlines()) <= 1  # the "checking ..." line, no table and no problem list
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_data_check_missing_mask_folder_is_one_problem(tmp_path):
+    (tmp_path / "root" / celebamask.IMAGE_DIR).mkdir(parents=True)
+    out = lagm(["data", "check", str(tmp_path / "root"), "--dataset", "celebamask-hq", "--out", str(tmp_path)])
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    start = lines.index("1 problem(s):")
+    assert lines[start + 1] == f"{tmp_path / 'root' / celebamask.MASK_DIR}: folder not found (part of the release layout)"
+    assert len(lines) < 40  # the table and the one problem, not 15,000 missing masks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,5 +423,18 @@ def test_label_counts_fails_early_without_the_images(clean_tree, tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "label_counts.py"), "--root", str(clean_tree), "--quick"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
-    assert out.returncode == 2
-    assert str(image_path(clean_tree, 28003)) in out.stdout and "--labels" in out.stdout
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert str(image_path(clean_tree, 28003)) in out.stderr and "--labels" in out.stderr
+
+
+def test_data_check_lists_the_first_twenty_problems_then_counts_and_summarises(tmp_path):
+    root = tmp_path / "root"
+    for d in (celebamask.IMAGE_DIR, celebamask.MASK_DIR):
+        (root / d).mkdir(parents=True)  # the layout, but not one file in it
+    out = lagm(["data", "check", str(root), "--dataset", "celebamask-hq", "--limit", "10", "--out", str(tmp_path)])
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    start = lines.index("60 problem(s):")  # 30 images, each missing its image and its masks
+    assert all(line.startswith(str(root)) for line in lines[start + 1:start + 21])
+    assert lines[start + 21:] == ["... and 40 more problem(s), not listed",
+                                  "30 images checked, 60 problem(s), 0 shown in the picture"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,34 +41,156 @@ def test_cluster_launcher_yaml():
     setup = " ".join(c["setup_commands"])
     assert setup.index("torch") < setup.index("lagm_ray")  # a CUDA torch before the project
     head = " ".join(c["head_start_ray_commands"])
-    assert "ray start --head" in head and "--dashboard-host=0.0.0.0" in head
+    assert "ray start --head" in head
     # MLflow: a tracking server with a database backend and artifacts on shared storage, and the
     # environment the driver reads
-    assert "mlflow server" in head and "--backend-store-uri postgresql://" in head
-    assert "--artifacts-destination s3://" in head
+    assert "mlflow server" in head and "--artifacts-destination s3://" in head
     assert "MLFLOW_TRACKING_URI=http://" in head and "LAGM_STORAGE_PATH=s3://" in head
     assert head.index("mlflow server") < head.index("ray start --head")
 
 
-def test_kuberay_raycluster_and_rayjob():
-    rc = load("kuberay-raycluster.yaml")
-    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
-    job = load("kuberay-rayjob.yaml")
-    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
-    assert job["spec"]["entrypoint"].startswith("python experiments/ablation_k.py")
-    assert job["spec"]["shutdownAfterJobFinishes"] is True
-    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
-    assert {"MLFLOW_TRACKING_URI", "LAGM_STORAGE_PATH"} <= set(runtime_env["env_vars"])
-    for spec in (rc["spec"], job["spec"]["rayClusterSpec"]):
-        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # trials go to the GPU workers
-        assert {"MLFLOW_TRACKING_URI", "LAGM_STORAGE_PATH"} <= set(env_of(head))
-        assert any(p["containerPort"] == 8265 for p in head["ports"]) if "ports" in head else True
-        for group in spec["workerGroupSpecs"]:
-            w = group["template"]["spec"]["containers"][0]
-            assert int(w["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-            assert group["maxReplicas"] >= group["replicas"] >= group.get("minReplicas", 0)
-        assert spec["rayVersion"] == rc["spec"]["rayVersion"]
+# ---------------------------------------------------------------------------------------------
+# Trust boundaries: who can reach the dashboard (whose Jobs API runs any code) and MLflow, and where
+# the credentials come from
+
+ALL_INTERFACES = re.compile(r"0\.0\.0\.0|(?<![\w:])::(?![\w:])|\[::\]")
+# scheme://user:password@host, and NAME=value or NAME: value for a secret-looking NAME
+URI_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:[^/\s@'\"]+@")
+SECRET_ASSIGNMENT = re.compile(r"(?i)\b[\w-]*(password|passwd|secret|access_key)[\w-]*\s*[=:]\s*['\"]?[^\s'\"$]+")
+
+
+def strings_in(doc) -> list[str]:
+    """Every key and value of a parsed YAML document, as strings (comments are not part of it)."""
+    if isinstance(doc, dict):
+        return [s for k, v in doc.items() for s in strings_in(k) + strings_in(v)]
+    if isinstance(doc, list):
+        return [s for v in doc for s in strings_in(v)]
+    return [] if doc is None else [str(doc)]
+
+
+def trust_problems(text: str) -> list[str]:
+    """What a cluster file must not hold: a listener on every interface, or a credential in clear."""
+    problems = []
+    for doc in yaml.safe_load_all(text):
+        for s in strings_in(doc):
+            if ALL_INTERFACES.search(s):
+                problems.append(f"binds every interface: {s!r}")
+            if URI_WITH_PASSWORD.search(s) or SECRET_ASSIGNMENT.search(s):
+                problems.append(f"credential in the file: {s!r}")
+        for e in env_entries(doc):
+            if re.search(r"(?i)password|secret|token|key", str(e["name"])) and "value" in e:
+                problems.append(f"env {e['name']} has a literal value, not valueFrom a Secret")
+    return problems
+
+
+def env_entries(doc) -> list[dict]:
+    """Every Kubernetes-style {name, value | valueFrom} entry in a document."""
+    if isinstance(doc, dict):
+        here = [doc] if "name" in doc and ("value" in doc or "valueFrom" in doc) else []
+        return here + [e for v in doc.values() for e in env_entries(v)]
+    if isinstance(doc, list):
+        return [e for v in doc for e in env_entries(v)]
+    return []
+
+
+def test_the_trust_check_catches_what_the_files_used_to_hold():
+    """The check below is not vacuous: the launcher's former MLflow and dashboard lines fail it."""
+    before = yaml.safe_dump({"head_start_ray_commands": [
+        "nohup mlflow server --host 0.0.0.0 --port 5000 "
+        "--backend-store-uri postgresql://mlflow:mlflow@mlflow-db.internal:5432/mlflow",
+        "ray start --head --port=6379 --dashboard-host=0.0.0.0"]})
+    problems = trust_problems(before)
+    assert sum("binds every interface" in p for p in problems) == 2
+    assert sum("credential" in p for p in problems) == 1
+    assert trust_problems("rayStartParams: {dashboard-host: '::'}")
+    assert trust_problems("env: [{name: DB_PASSWORD, value: hunter2}]")
+    assert trust_problems("containers: [{name: c, env: [{name: MLFLOW_TRACKING_PASSWORD, value: x}]}]")
+    assert not trust_problems("containers: [{name: c, env: [{name: RAY_AUTH_TOKEN, valueFrom: "
+                              "{secretKeyRef: {name: s, key: auth_token}}}]}]")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CLUSTER.glob("*.yaml")))
+def test_cluster_files_bind_no_public_interface_and_hold_no_credential(name):
+    assert trust_problems((CLUSTER / name).read_text()) == []
+
+
+def test_launcher_dashboard_on_loopback_mlflow_on_the_private_address_secrets_from_files():
+    c = load("ray-cluster.yaml")
+    head = c["head_start_ray_commands"]
+    ray_start = next(cmd for cmd in head if "ray start --head" in cmd)
+    assert "--dashboard-host=127.0.0.1" in ray_start  # reached through `ray dashboard` (an SSH tunnel)
+    mlflow = next(cmd for cmd in head if "mlflow server" in cmd)
+    assert "--host \"$(hostname -I | awk '{print $1}')\"" in mlflow  # the other nodes log to it
+    assert "MLFLOW_TRACKING_URI=http://$(hostname -I | awk '{print $1}'):5000" in ray_start
+    # The database URI (password included) reaches the server's environment from a file the operator
+    # keeps, never its command line.
+    assert "--backend-store-uri" not in mlflow and ". ~/.lagm/mlflow.env" in mlflow
+    mounts = c["file_mounts"]
+    assert mounts["/home/ubuntu/.lagm/mlflow.env"] == "~/.lagm/mlflow.env"
+    # Token authentication on every node: the token file and RAY_AUTH_MODE=token in every shell.
+    assert mounts["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("export RAY_AUTH_MODE=token" in cmd and ".bashrc" in cmd for cmd in c["initialization_commands"])
+    for cmd in (c["initialization_commands"] + c["setup_commands"] + head + c["worker_start_ray_commands"]):
+        out = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
+        assert out.returncode == 0, (cmd, out.stderr)
+
+
+def first_address() -> str | None:
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True)
+    return out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else None
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or first_address() is None, reason="needs bash and `hostname -I`")
+def test_launcher_mlflow_command_runs_with_the_uri_from_the_env_file(tmp_path):
+    """The head's MLflow command as the launcher runs it, with a stand-in `mlflow` that records what it
+    was given: the host is the private address, the database URI arrives in the environment only, and
+    without ~/.lagm/mlflow.env the command fails with a message instead of starting a server."""
+    cmd = next(c for c in load("ray-cluster.yaml")["head_start_ray_commands"] if "mlflow server" in c)
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    record = tmp_path / "mlflow-called.json"
+    stub = bin_dir / "mlflow"
+    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"json.dump({{'argv': sys.argv[1:], 'uri': os.environ.get('MLFLOW_BACKEND_STORE_URI')}}, "
+                    f"open({str(record)!r}, 'w'))\n")
+    stub.chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "does not set MLFLOW_BACKEND_STORE_URI" in out.stderr
+    time.sleep(0.5)
+    assert not record.exists()
+
+    uri = "postgresql://lagm:s3cr%40t@db.internal:5432/mlflow"
+    (home / ".lagm").mkdir()
+    (home / ".lagm" / "mlflow.env").write_text(f"MLFLOW_BACKEND_STORE_URI='{uri}'\n")
+    out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    deadline = time.time() + 20
+    while not record.exists() and time.time() < deadline:  # the server is started in the background
+        time.sleep(0.2)
+    called = json.loads(record.read_text())
+    assert called["uri"] == uri and not any("s3cr" in a for a in called["argv"])
+    argv = called["argv"]
+    assert argv[0] == "server" and argv[argv.index("--host") + 1] == first_address()
+
+
+def test_kuberay_token_auth_and_no_exposed_service():
+    for spec in (load("kuberay-raycluster.yaml")["spec"], load("kuberay-rayjob.yaml")["spec"]["rayClusterSpec"]):
+        assert spec["authOptions"]["mode"] == "token"  # KubeRay makes the token Secret and hands it out
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress", False)
+
+
+def test_docs_reach_the_uis_through_tunnels():
+    """The README and docs/cluster.md send nobody to the head's dashboard port directly."""
+    for doc in (ROOT / "README.md", ROOT / "docs" / "cluster.md"):
+        text = doc.read_text()
+        assert "<head>:8265" not in text and "0.0.0.0" not in text, doc
+    cluster_md = (ROOT / "docs" / "cluster.md").read_text()
+    for how in ("ray dashboard cluster/ray-cluster.yaml", "kubectl port-forward", "RAY_AUTH_MODE=token"):
+        assert how in cluster_md, how
 
 
 def session_pids(sid: int) -> list[int]:

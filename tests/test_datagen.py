@@ -3,6 +3,7 @@ after a kill, clear errors naming the file, filtering, and the downstream protoc
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from conftest import lagm_cli, tiny_overrides
 from lagm_ray import datagen as dg
 from lagm_ray.annotator_runs import generate_local, load_labeller
 from lagm_ray.downstream import downstream_from_shards, downstream_metrics
+from lagm_ray.errors import ConfigError
 from lagm_ray.methods import load_config
 from lagm_ray.storage import save_checkpoint, sha256_file
 from lagm_ray.trainer import BEST_FORMAT, Trainer
@@ -137,6 +139,17 @@ def test_hugging_face_datasets_opens_the_shards(dataset):
 # ------------------------------------------------------------------------------------------ determinism
 
 
+def test_docs_claim_byte_for_byte_only_at_equal_thread_counts():
+    """Generation is byte for byte only at one torch thread count per worker (1 against 2 threads changes
+    shard sha256s): wherever the README or the dataset docs say "byte for byte" of generation, the same
+    paragraph or list item says so."""
+    root = Path(__file__).resolve().parent.parent
+    for doc in (root / "README.md", root / "docs" / "synthetic-datasets.md"):
+        for block in re.split(r"\n\s*\n|\n(?=- )", doc.read_text()):
+            if re.search(r"byte[ -]for[ -]byte", block, re.IGNORECASE):
+                assert "thread" in block, (doc.name, block)
+
+
 def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tmp_path):
     generate_local(tiny_run[0], tmp_path / "again", SPEC)
     assert shas(tmp_path / "again") == shas(dataset)  # byte for byte
@@ -241,6 +254,45 @@ def test_killed_run_resumes(tmp_path):
 # ------------------------------------------------------------------------------------------ errors
 
 
+@pytest.mark.parametrize("option,value,message", [
+    ("--concurrency", "0", "--concurrency must be >= 1, got 0"),  # Ray would have run one actor
+    ("--cpus-per-actor", "0", "--cpus-per-actor must be > 0, got 0.0"),
+    ("--num-images", "0", "--num-images must be >= 1, got 0"),
+    ("--shard-size", "0", "--shard-size must be >= 1, got 0"),
+    ("--batch-size", "-1", "--batch-size must be >= 1, got -1"),
+])
+def test_generate_refuses_bad_pool_and_sizes_naming_the_option(tiny_run, tmp_path, option, value, message):
+    """Through the real CLI: exit 2, one line on stderr naming the option, no traceback, nothing written,
+    and refused before Ray starts (a run of one actor would take far longer than this budget)."""
+    out = tmp_path / "out"
+    args = ["--annotator", str(tiny_run[0].parent), "--num-images", "10", "--shard-size", "4", "--out", str(out),
+            "--no-track", option, value]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "generate", *args], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == f"error: {message}", r.stdout + r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    # The pool's options are checked by generate_dataset, inside generate_and_log's progress bar, whose
+    # first frame (on stderr) may come before the error; nothing else may.
+    assert all(line.startswith("generate out ") for line in r.stderr.splitlines()[:-1]), r.stderr
+    assert not out.exists() and time.monotonic() - t0 < 60
+
+
+def test_spec_and_pool_options_are_checked_in_the_library():
+    with pytest.raises(ConfigError, match=r"^--concurrency must be >= 1, got -2$"):
+        dg.check_workers(-2, 1.0)
+    for cpus in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"^--cpus-per-actor must be > 0"):
+            dg.check_workers(None, cpus)
+    dg.check_workers(None, 0.5)
+    dg.check_workers(1, 2.0)
+    with pytest.raises(ConfigError, match=r"^--max-entropy must be a number >= 0, got nan$"):
+        dg.GenerationSpec(num_images=1, max_entropy=float("nan"))  # would have filtered every image
+    with pytest.raises(ConfigError, match=r"^--seed must be >= 0"):
+        dg.GenerationSpec(num_images=1, seed=-1)
+
+
+
 def test_errors_name_the_file(dataset, tiny_run, tmp_path):
     out = copy(dataset, tmp_path)
     shard1, shard2 = out / "shard-00001.parquet", out / "shard-00002.parquet"
@@ -294,6 +346,75 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
         dg.open_dataset(out)
     with pytest.raises(dg.DatasetError, match=r"_manifest\.json: no dataset manifest"):
         dg.open_dataset(tmp_path)
+
+
+def edited(directory: Path, edit) -> Path:
+    """The directory's manifest after ``edit(manifest)``, written back as a hand edit would be (every sha256 kept)."""
+    m = manifest(directory)
+    edit(m)
+    (directory / dg.MANIFEST).write_text(json.dumps(m, indent=2))
+    return directory
+
+
+def test_a_hand_edited_manifest_is_refused_though_its_checksums_match(dataset, tiny_run, tmp_path):
+    out = copy(dataset, tmp_path)
+    original = (out / dg.MANIFEST).read_text()
+    mpath = re.escape(str(out / dg.MANIFEST))
+
+    def refused(edit, pattern: str) -> None:
+        (out / dg.MANIFEST).write_text(original)
+        edited(out, edit)
+        for checksums in (True, False):
+            with pytest.raises(dg.DatasetError, match=pattern):
+                dg.open_dataset(out, checksums=checksums)
+
+    def rows(m):
+        m["rows"] = 11
+    refused(rows, mpath + r": records 11 rows, but its shard entries add up to 10 \(edited by hand\?\)")
+
+    def filtered(m):
+        m["filter"]["filtered"] = 2
+    refused(filtered, mpath + r": records 2 filtered images, but its shard entries add up to 0")
+
+    def entry_and_total(m):  # consistent with each other, not with the file
+        m["shards"][0].update(rows=3, filtered=1)
+        m["rows"], m["filter"]["filtered"] = 9, 1
+    refused(entry_and_total, r"shard-00000\.parquet: 4 rows, but " + mpath + " records 3$")
+
+    def entry_only(m):
+        m["shards"][1]["rows"] = 5
+        m["rows"] = 11
+    refused(entry_only, mpath + r": shard-00001\.parquet records 5 rows and 0 filtered, but holds the 4 seeds \[4, 8\)")
+
+    def dropped(m):  # the last shard forgotten, the totals made to agree
+        m["shards"].pop()
+        m["rows"], m["num_shards"] = 8, 2
+    refused(dropped, mpath + r": lists 2 shards \(num_shards 2\), but 10 images in shards of 4 make 3")
+
+    def swapped(m):
+        m["shards"][0], m["shards"][1] = m["shards"][1], m["shards"][0]
+    refused(swapped, mpath + r": shard entry 0 is shard-00001\.parquet")
+
+    def malformed(m):
+        del m["shards"][2]["rows"]
+    refused(malformed, mpath + r": malformed manifest \(KeyError: 'rows'\)")
+
+    # Through the CLI: one line on stderr naming the manifest, exit 2, no traceback, nothing trained.
+    (out / dg.MANIFEST).write_text(original)
+    edited(out, rows)
+    r = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "downstream", str(out)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stderr == f"error: {out / dg.MANIFEST}: records 11 rows, but its shard entries add up to 10 (edited by hand?)\n"
+
+    # A re-run of the same command does not take the edited entry on trust: its shard's footer has the
+    # truth, so the manifest is rewritten right and no shard is regenerated.
+    (out / dg.MANIFEST).write_text(original)
+    edited(out, entry_and_total)
+    m = generate_local(tiny_run[0], out, SPEC)
+    assert m["rows"] == 10 and m["shards"][0]["rows"] == 4 and m["last_run"]["shards_written"] == 0
+    assert shas(out) == shas(dataset) and dg.open_dataset(out).rows == 10
 
 
 def test_uncertainty_filtering_is_reported(dataset, tiny_run, tmp_path):

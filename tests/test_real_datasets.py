@@ -4,6 +4,9 @@ expected merged classes, crops, folds and check() reports are known."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -446,3 +449,39 @@ def test_to_tensors_resizes_each_image_and_mask_on_its_own():
     assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0)
     assert torch.equal(y[0, :, :4], torch.zeros(8, 4, dtype=torch.long)) and torch.all(y[0, :, 4:] == 2)
     assert torch.all(y[1] == 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# `lagm data check` on a folder that is not the dataset, and on one with many problems
+
+
+@pytest.mark.parametrize("name,entry", [("pascal_horse", "JPEGImages/"), ("datasetgan_car20", "training_data/"),
+                                        ("cgpart_car", "CGPart_render/")])
+def test_data_check_of_an_empty_folder_is_one_error_line(tmp_path: Path, name: str, entry: str):
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "lagm_ray.cli", "data", "check", str(tmp_path), "--dataset", name,
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"error: {tmp_path}: the folder is empty (a {name} folder holds ")
+    assert entry in out.stderr and out.stderr.count("\n") == 1
+    with pytest.raises(ConfigError, match="holds none of"):
+        (tmp_path / "unrelated.txt").write_text("x")
+        real_dataset_module(name).check(tmp_path)
+
+
+def test_problem_lines_list_the_first_twenty_and_end_with_the_summary():
+    from lagm_ray.data.check import MAX_LISTED, problem_lines, summary_line
+    from lagm_ray.data.files import DataReport
+
+    report = DataReport("celebamask_hq", "/d", ["background", "skin"], num_checked=3000,
+                        problems=[f"/d/{i}.jpg: image file not found" for i in range(3000)])
+    lines = problem_lines(report)
+    assert MAX_LISTED == 20 and len(lines) == 1 + 20 + 2
+    assert lines[0] == "3000 problem(s):" and lines[1:21] == report.problems[:20]
+    assert lines[21] == "... and 2980 more problem(s), not listed"
+    assert lines[-1] == summary_line(report) == "3000 images checked, 3000 problem(s), 0 shown in the picture"
+    few = DataReport("x", "/d", ["a"], num_checked=2, problems=["/d/a.png: corrupt", "/d/b.png: corrupt"])
+    assert problem_lines(few) == ["2 problem(s):", *few.problems, summary_line(few)]
+    assert problem_lines(DataReport("x", "/d", ["a"], num_checked=2)) == ["2 images checked, 0 problem(s), 0 shown "
+                                                                          "in the picture"]

@@ -31,7 +31,7 @@ import torch
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits, resize_labels
-from .files import DataReport, image_tensor, read_image, read_label_png
+from .files import DataReport, image_tensor, read_image, read_label_png, require_root
 
 CLASS_NAMES = ["background", "ear", "eye", "eyebrow", "skin", "hair", "mouth", "nose"]
 
@@ -196,9 +196,11 @@ def load_unlabelled(data: DataConfig, size: int, n: int) -> torch.Tensor:
 def check(root: str | Path, limit: int | None = None, num_samples: int = 8) -> DataReport:
     """Every image and mask of the labelled ranges (train, val, test; the first ``limit`` of each).
     The unlabelled images are not read: only baselines use them, and their loader names a bad file."""
+    root = require_root("celebamask_hq", root, (IMAGE_DIR, MASK_DIR))
     report = DataReport("celebamask_hq", str(root), list(CLASS_NAMES), class_pixels=[0] * len(CLASS_NAMES))
-    if not Path(root).is_dir():
-        report.problems.append(f"{root}: dataset root is not a directory")
+    missing = [root / d for d in (IMAGE_DIR, MASK_DIR) if not (root / d).is_dir()]
+    if missing:  # every image (or every mask) would be a problem of its own: one line for the folder
+        report.problems.extend(f"{d}: folder not found (part of the release layout)" for d in missing)
         return report
     ids = [i for split in ("train", "val", "test")
            for i in split_ids(split, None if limit is None else min(limit, SPLITS[split][1]))]

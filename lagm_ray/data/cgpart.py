@@ -184,4 +184,5 @@ def load_splits(data: DataConfig, size: int) -> LabelledSplits:
 
 
 def check(root: str | Path, limit: int | None = None) -> DataReport:
-    return check_pairs("cgpart_car", root, CLASS_NAMES, (render_pairs, real_pairs), read_pair, limit)
+    return check_pairs("cgpart_car", root, CLASS_NAMES, (render_pairs, real_pairs), read_pair, limit,
+                       layout=("CGPart_render", "CGPart_real"))

@@ -2,7 +2,9 @@
 draw a picture grid of images beside their coloured masks.
 
 Every module registered in datasets.REAL_DATASETS provides ``check(root, limit) -> DataReport``;
-this file only presents the report, so it works for each dataset the same way.
+this file only presents the report, so it works for each dataset the same way. A folder that is not the
+dataset at all (missing, empty, another dataset's) is one ConfigError naming it, raised by the module's
+check; a broken one lists its first MAX_LISTED problems and then counts the rest.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from ..viz import colorize, labelled_grid, save_png
 from .datasets import canonical_dataset_name, real_dataset_module
 from .files import DataReport
 
+MAX_LISTED = 20  # problems printed one per line; the rest are counted
 TILE = 128  # picture tiles are letterboxed into TILE x TILE (datasets such as PASCAL-Part vary in size)
 
 
 def run_check(root: str | Path, dataset: str, limit: int | None = None) -> DataReport:
-    """The named dataset's check of ``root`` (ConfigError for an unknown name)."""
+    """The named dataset's check of ``root``. ConfigError, in one line, for an unknown name or for a
+    ``root`` that is missing, empty or holds none of the release's top-level folders."""
     return real_dataset_module(dataset).check(root, limit=limit)
 
 
@@ -39,6 +43,16 @@ def summary_table(report: DataReport) -> Table:
 def summary_line(report: DataReport) -> str:
     return (f"{report.num_checked} images checked, {len(report.problems)} problem(s), "
             f"{len(report.samples)} shown in the picture")
+
+
+def problem_lines(report: DataReport, max_listed: int = MAX_LISTED) -> list[str]:
+    """What `lagm data check` prints after the table: the problems (the first ``max_listed``, one per line,
+    each starting with its file, then how many more), and last the summary line."""
+    problems = report.problems
+    lines = [f"{len(problems)} problem(s):", *problems[:max_listed]] if problems else []
+    if len(problems) > max_listed:
+        lines.append(f"... and {len(problems) - max_listed} more problem(s), not listed")
+    return lines + [summary_line(report)]
 
 
 def _letterbox(tile: np.ndarray, size: int, nearest: bool) -> np.ndarray:

@@ -206,7 +206,7 @@ class DatasetGANSet:
 
     def check(self, root: str | Path, limit: int | None = None) -> DataReport:
         return check_pairs(self.name, root, self.CLASS_NAMES, (self.train_pairs, self.test_pairs), self.read_pair,
-                           limit)
+                           limit, layout=("annotation", "training_data", "testing_data"))
 
 
 CAR20 = DatasetGANSet("datasetgan_car20", "car_processed", "car_20_class", CAR20_CLASSES)

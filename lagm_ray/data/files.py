@@ -16,8 +16,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .datasets import resize_labels
+
+
+def require_root(dataset: str, root: str | Path, layout: Sequence[str]) -> Path:
+    """``root`` as a Path, if it is a folder holding at least one of the release's top-level entries
+    ``layout``; else one ConfigError naming the folder and what it should hold. An empty, mistyped or
+    other dataset's folder would otherwise fail file by file (CelebAMask-HQ: 30,000 lines)."""
+    root = Path(root)
+    entries = ", ".join(f"{entry}/" for entry in layout)
+    holds = f"a {dataset} folder holds {entries}"
+    if not root.exists():
+        raise ConfigError(f"{root}: no such folder ({holds})")
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a folder ({holds})")
+    if not any(root.iterdir()):
+        raise ConfigError(f"{root}: the folder is empty ({holds})")
+    if not any((root / entry).exists() for entry in layout):
+        raise ConfigError(f"{root}: holds none of {entries}, so it is not a {dataset} folder")
+    return root
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -120,9 +138,12 @@ class DataReport:
 def check_pairs(dataset: str, root: str | Path, class_names: Sequence[str],
                 listers: Sequence[Callable[[str | Path], list[tuple[Path, Path]]]],
                 read_pair: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]],
-                limit: int | None = None) -> DataReport:
+                limit: int | None = None, layout: Sequence[str] = ()) -> DataReport:
     """The data check of a dataset stored as (image, mask) file pairs: each lister finds the pairs of one
-    split (the first ``limit`` of each are read); every failure is one problem line naming the file."""
+    split (the first ``limit`` of each are read); every failure is one problem line naming the file.
+    A ``root`` that holds none of ``layout`` (the release's top-level entries) is one ConfigError."""
+    if layout:
+        require_root(dataset, root, layout)
     report = DataReport(dataset=dataset, root=str(root), class_names=list(class_names),
                         class_pixels=[0] * len(class_names))
     pairs: list[tuple[Path, Path]] = []

@@ -48,12 +48,20 @@ import torch
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .datasets import LabelledSplits
-from .files import DataReport, check_same_size, image_tensor, read_image, to_tensors
+from .files import (
+    DataReport,
+    check_same_size,
+    image_tensor,
+    read_image,
+    require_root,
+    to_tensors,
+)
 
 NUM_LABELLED = 180  # the reference's train / validation cut of the VOC train crops
 MAX_OVERLAP_IOU = 0.05
 MIN_LABELLED_FRACTION = 0.01
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+LAYOUT = ("JPEGImages", "Annotations", "ImageSets/Main", "Annotations_Part", "part_segmentation")  # any one: a VOC root
 T = TypeVar("T")
 
 
@@ -98,7 +106,7 @@ class PascalPartSet:
         return LabelledSplits(list(self.CLASS_NAMES), *splits[0], *splits[1], *splits[2])
 
     def check(self, root: str | Path, limit: int | None = None) -> DataReport:
-        root = Path(root)
+        root = require_root(f"pascal_{self.voc_class}", root, LAYOUT)
         report = DataReport(dataset=f"pascal_{self.voc_class}", root=str(root), class_names=list(self.CLASS_NAMES),
                             class_pixels=[0] * len(self.CLASS_NAMES))
         ids: list[str] = []

@@ -37,11 +37,17 @@ from .shards import (
     produce_shard,
     read_shard,
 )
-from .spec import AnnotatorInfo, DatasetError, GenerationSpec, SettingsMismatch
+from .spec import (
+    AnnotatorInfo,
+    DatasetError,
+    GenerationSpec,
+    SettingsMismatch,
+    check_workers,
+)
 
 __all__ = [
     "MANIFEST", "META_KEY", "AnnotatorInfo", "DatasetError", "GenerationSpec", "Labeller", "Plan", "Samples",
-    "SettingsMismatch", "ShardDataset", "check_classes", "check_labels", "check_same_file", "decode_images",
-    "decode_masks", "decode_png", "generate_samples", "labelling_source", "load_tensors", "open_dataset", "plan",
-    "produce_shard", "read_shard", "sample_grid", "training_pair",
+    "SettingsMismatch", "ShardDataset", "check_classes", "check_labels", "check_same_file", "check_workers",
+    "decode_images", "decode_masks", "decode_png", "generate_samples", "labelling_source", "load_tensors",
+    "open_dataset", "plan", "produce_shard", "read_shard", "sample_grid", "training_pair",
 ]

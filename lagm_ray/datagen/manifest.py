@@ -16,6 +16,7 @@ checked (parquet page checksums, their recorded identity) before they are truste
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -29,6 +30,7 @@ from .shards import (
     SHARD_GLOB,
     check_shard,
     dataset_schema,
+    footer_mismatch,
     peak_rss_mb,
     schema_record,
     shard_name,
@@ -56,6 +58,43 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: not a lagm_ray dataset manifest (format "
                            f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
     return manifest
+
+
+def check_counts(path: Path, manifest: dict[str, Any]) -> None:
+    """A complete manifest's counts agree with its identity and with each other: one entry per shard of its
+    GenerationSpec, in order, each for its own seeds, with rows + filtered = its seed count, and totals
+    (rows, filtered, num_shards) that are the entries' sums. So a manifest edited by hand, say its row
+    count, is refused even though every shard's sha256 still matches. (Each entry against its file's
+    footer: :func:`shards.footer_mismatch`.) DatasetError naming ``path`` and the mismatch."""
+    try:
+        ident = manifest["identity"]
+        spec = GenerationSpec(**{f.name: ident[f.name] for f in dataclasses.fields(GenerationSpec)})
+        shards = list(manifest["shards"])
+        entries = [(int(e["index"]), str(e["file"]), list(e["seeds"]), int(e["rows"]), int(e["filtered"]))
+                   for e in shards]
+        totals = (manifest["rows"], manifest["filter"]["filtered"], manifest["num_shards"], manifest["num_images"])
+    except (KeyError, TypeError, ValueError) as e:  # a GenerationSpec's ConfigError is a ValueError too
+        raise DatasetError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
+    if len(entries) != spec.num_shards or totals[2] != spec.num_shards:
+        raise DatasetError(f"{path}: lists {len(entries)} shards (num_shards {totals[2]!r}), but {spec.num_images} "
+                           f"images in shards of {spec.shard_size} make {spec.num_shards}")
+    if totals[3] != spec.num_images:
+        raise DatasetError(f"{path}: records num_images {totals[3]!r}, but its identity says {spec.num_images}")
+    for i, (index, file, seeds, rows, filtered) in enumerate(entries):
+        r = spec.shard_seeds(i)
+        if index != i or file != shard_name(i) or seeds != [r.start, r.stop]:
+            raise DatasetError(f"{path}: shard entry {i} is {file} (index {index}, seeds {seeds}), but shard {i} is "
+                               f"{shard_name(i)} with seeds [{r.start}, {r.stop}]")
+        if rows < 0 or filtered < 0 or rows + filtered != len(r):
+            raise DatasetError(f"{path}: {file} records {rows} rows and {filtered} filtered, but holds the "
+                               f"{len(r)} seeds [{r.start}, {r.stop})")
+    rows, filtered = sum(e[3] for e in entries), sum(e[4] for e in entries)
+    if totals[0] != rows:
+        raise DatasetError(f"{path}: records {totals[0]!r} rows, but its shard entries add up to {rows} "
+                           "(edited by hand?)")
+    if totals[1] != filtered:
+        raise DatasetError(f"{path}: records {totals[1]!r} filtered images, but its shard entries add up to "
+                           f"{filtered} (edited by hand?)")
 
 
 @dataclass
@@ -169,8 +208,9 @@ def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
                 continue
             try:
                 entry = recorded.get(path.name)
-                if entry is not None and entry.get("sha256") == sha256_file(path):
-                    done[i] = entry  # as the complete manifest recorded it
+                if (entry is not None and entry.get("sha256") == sha256_file(path)
+                        and footer_mismatch(path, entry) is None):
+                    done[i] = entry  # as the complete manifest recorded it (and its file's footer agrees)
                 else:
                     done[i] = check_shard(path, ident, i)
             except SettingsMismatch:

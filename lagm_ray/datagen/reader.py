@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -17,11 +16,12 @@ from ..storage import sha256_file
 from ..synthetic import to_size
 from ..viz import colorize, labelled_grid, to_uint8_image
 from .label import Samples
-from .manifest import MANIFEST, read_manifest
+from .manifest import MANIFEST, check_counts, read_manifest
 from .shards import (
     decode_images,
     decode_masks,
     decode_png,
+    footer_mismatch,
     read_shard,
     shard_metadata,
     uint8_to_images,
@@ -67,9 +67,11 @@ def check_classes(manifest_path: Path, class_names: Sequence[str], expected: Seq
 
 def open_dataset(directory: str | os.PathLike, class_names: Sequence[str] | int | None = None,
                  checksums: bool = True) -> ShardDataset:
-    """Check a dataset directory against its manifest before anything trains on it: complete, every shard
-    present with its recorded size and sha256 (``checksums``), row counts and identity in each footer, and,
-    when given, the class names (or count) a segmentor expects. Errors name the offending file."""
+    """Check a dataset directory against its manifest before anything trains on it: complete, its counts
+    consistent (one entry per shard of its identity, totals the entries' sums), every shard present with its
+    recorded size and sha256 (``checksums``), each entry's rows, seeds and filtered count and the identity
+    in its shard's footer, and, when given, the class names (or count) a segmentor expects. Errors name the
+    offending file."""
     directory = Path(directory)
     mpath = directory / MANIFEST
     if not mpath.is_file():
@@ -78,6 +80,7 @@ def open_dataset(directory: str | os.PathLike, class_names: Sequence[str] | int 
     if manifest.get("status") != "complete":
         raise DatasetError(f"{mpath}: generation did not finish; run the same `lagm generate` command again to "
                            "complete it")
+    check_counts(mpath, manifest)
     check_classes(mpath, manifest["class_names"], class_names)
     files = []
     for s in manifest["shards"]:
@@ -90,12 +93,9 @@ def open_dataset(directory: str | os.PathLike, class_names: Sequence[str] | int 
         if checksums and sha256_file(path) != s["sha256"]:
             raise DatasetError(f"{path}: sha256 differs from {mpath}: the shard is corrupt (delete it and re-run "
                                "the same `lagm generate` command to regenerate it)")
-        try:
-            meta = pq.read_metadata(path)
-        except (OSError, pa.ArrowException) as e:
-            raise DatasetError(f"{path}: unreadable parquet footer ({e})") from e
-        if meta.num_rows != s["rows"]:
-            raise DatasetError(f"{path}: {meta.num_rows} rows, but {mpath} records {s['rows']}")
+        mismatch = footer_mismatch(path, s, mpath)
+        if mismatch:
+            raise DatasetError(f"{path}: {mismatch}")
         smeta = shard_metadata(pq.read_schema(path), path)
         if smeta.get("identity") != manifest["identity"]:
             raise DatasetError(f"{path}: generated with different settings than {mpath} records "

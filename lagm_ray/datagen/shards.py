@@ -151,6 +151,22 @@ def shard_metadata(schema: pa.Schema, path: Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
+def footer_mismatch(path: Path, entry: dict[str, Any], manifest: str | Path = "the manifest") -> str | None:
+    """How a manifest entry disagrees with its shard's parquet footer, or None: the file's row count, and the
+    index, seeds, rows and filtered count the shard recorded when it was written. Reads the footer only."""
+    try:
+        num_rows = pq.read_metadata(path).num_rows
+        stats = shard_metadata(pq.read_schema(path), path).get("shard") or {}
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetError(f"{path}: unreadable parquet footer ({e})") from e
+    if num_rows != entry.get("rows"):
+        return f"{num_rows} rows, but {manifest} records {entry.get('rows')}"
+    for key in ("index", "seeds", "rows", "filtered"):
+        if stats.get(key) != entry.get(key):
+            return f"the shard records {key} {stats.get(key)!r}, but {manifest} records {entry.get(key)!r}"
+    return None
+
+
 def produce_shard(labeller: Labeller, spec: GenerationSpec, index: int, out: str | os.PathLike,
                   extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate and atomically write shard ``index`` into ``out``; returns its manifest entry (plus the

@@ -3,11 +3,12 @@ the annotator and generator that label (:class:`AnnotatorInfo`, identified by co
 
 Determinism. A row is a function of its seed and of the dataset's identity (annotator and generator
 files, truncation, filters, forward batch size): each latent comes from its own
-``torch.Generator().manual_seed(seed)`` and shard k always holds the same seeds, so the number of workers,
-the order they finish in and the thread count change nothing. The forward batch size is part of the
-identity because CPU matrix products round differently for different batch sizes (about 1e-6), which is
-enough to move a few pixels across a uint8 boundary. Between a CPU and a GPU, rows agree only up to such
-rounding.
+``torch.Generator().manual_seed(seed)`` and shard k always holds the same seeds, so the number of workers
+and the order they finish in change nothing. The forward batch size is part of the identity because CPU
+matrix products round differently for different batch sizes (about 1e-6), which is enough to move a few
+pixels across a uint8 boundary. The torch thread count splits those sums differently too, so rows are
+byte-identical only between workers with the same thread count (a Ray actor: ``int(cpus_per_actor)``, at
+least 1); at different counts, and between a CPU and a GPU, they agree only up to such rounding.
 """
 
 from __future__ import annotations
@@ -46,17 +47,18 @@ class GenerationSpec:
     max_entropy: float | None = None  # drop images whose mean entropy is above
 
     def __post_init__(self) -> None:
+        """Each bad value is a ConfigError naming the option of `lagm generate` that sets it."""
         for name in ("num_images", "shard_size", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{_option(name)} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.truncation_psi is not None and self.truncation_psi < 0:
-            raise ConfigError(f"truncation_psi must be >= 0, got {self.truncation_psi}")
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.truncation_psi is not None and not (math.isfinite(self.truncation_psi) and self.truncation_psi >= 0):
+            raise ConfigError(f"--truncation must be a number >= 0, got {self.truncation_psi}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
-            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
-        if self.max_entropy is not None and self.max_entropy < 0:
-            raise ConfigError(f"max_entropy must be >= 0, got {self.max_entropy}")
+            raise ConfigError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
+        if self.max_entropy is not None and not (math.isfinite(self.max_entropy) and self.max_entropy >= 0):
+            raise ConfigError(f"--max-entropy must be a number >= 0, got {self.max_entropy}")
 
     @property
     def num_shards(self) -> int:
@@ -86,6 +88,19 @@ class GenerationSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_workers(concurrency: int | None, cpus_per_actor: float) -> None:
+    """The actor pool's options, checked before anything starts: Ray would turn a pool of 0 actors into 1
+    without a word, and an actor of 0 CPUs is not a worker."""
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {concurrency}")
+    if not (math.isfinite(cpus_per_actor) and cpus_per_actor > 0):
+        raise ConfigError(f"--cpus-per-actor must be > 0, got {cpus_per_actor}")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ def generate_dataset(annotator: str | os.PathLike | dg.AnnotatorInfo, out: str |
                      warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Generate ``spec`` into ``out`` on the Ray cluster (``$RAY_ADDRESS``, else a local one); returns the
     manifest. ``concurrency`` actors (default: one per GPU when ``use_gpu``, else one per ``cpus_per_actor``
-    CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs."""
+    CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs. Each actor runs torch with
+    ``int(cpus_per_actor)`` threads (at least 1), which the rows' bytes depend on (docs/synthetic-datasets.md)."""
+    dg.check_workers(concurrency, cpus_per_actor)  # before any file, Ray or network is touched
     info = annotator if isinstance(annotator, dg.AnnotatorInfo) else describe_annotator(annotator, spec.truncation_psi)
     with dg.plan(out, info, spec, warn=warn) as p:
         run: dict[str, Any] = {"executor": "ray"}
