@@ -7,14 +7,15 @@ import json
 import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from queue import Empty
 
 from rich.console import Console
 from rich.table import Table
 
 from .methods import from_dict, load_config
-from .progress import make_progress
+from .progress import QueueProgress, make_progress
 from .runs import train_one
 from .storage import atomic_write_text
 from .tracking import end_run, start_parent_run, tracking_uri
@@ -39,16 +40,18 @@ def quickstart_configs(quick: bool = False, seeds=(0,), extra: dict | None = Non
     return out
 
 
-def _timed_training(cfg, track: bool, progress: bool = True, description: str | None = None) -> dict:
+def _timed_training(cfg, track: bool, progress: bool = True, description: str | None = None,
+                    callbacks=()) -> dict:
     """One quickstart training: its result metrics and its wall time in seconds."""
     t0 = time.perf_counter()
-    metrics = train_one(cfg, track=track, progress=progress, description=description).metrics
+    metrics = train_one(cfg, track=track, progress=progress, description=description, callbacks=callbacks).metrics
     return {**metrics, "seconds": time.perf_counter() - t0}
 
 
-def _train_in_worker(cfg_dict: dict, track: bool) -> dict:
-    """One quickstart training in a worker process (no progress bar: several share the terminal)."""
-    return _timed_training(from_dict(cfg_dict, source="quickstart"), track, progress=False)
+def _train_in_worker(cfg_dict: dict, track: bool, queue, key) -> dict:
+    """One quickstart training in a worker process: its steps go to the parent's bars through ``queue``."""
+    return _timed_training(from_dict(cfg_dict, source="quickstart"), track, progress=False,
+                           callbacks=[QueueProgress(queue, key)])
 
 
 def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart_results.json"),
@@ -126,20 +129,37 @@ def run_quickstart(quick: bool = False, seeds=(0,), out: Path = Path("quickstart
 def _run_in_workers(configs: dict, track: bool, parallel: int) -> dict[tuple, dict]:
     # The long LAGM trainings first, so that the short supervised ones fill in at the end.
     order = sorted(configs, key=lambda k: k[0] != "lagm")
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool, \
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(parallel, mp_context=context) as pool, \
             make_progress() as progress:
-        task = progress.add_task(f"quickstart, {parallel} trainings at a time", total=len(order), info="")
-        futures = {pool.submit(_train_in_worker, configs[k].replace({"run.num_threads": 1}).to_dict(), track): k
-                   for k in order}
-        results = {}
+        queue = manager.Queue()
+        bars = {k: progress.add_task(f"{k[0]} {k[1]} labels seed {k[2]}", total=configs[k].train.steps, info="waiting")
+                for k in order}
+        futures = {pool.submit(_train_in_worker, configs[k].replace({"run.num_threads": 1}).to_dict(), track,
+                               queue, k): k for k in order}
+        results: dict[tuple, dict] = {}
+        pending = set(futures)
         try:
-            for fut in as_completed(futures):
-                method, labels, seed = key = futures[fut]
-                results[key] = fut.result()
-                done = f"{method}, {labels} labels, seed {seed}: test FG-mIoU {100 * results[key]['test/fg_miou']:.1f}"
-                progress.update(task, advance=1, info=done)
-                progress.console.print(f"done: {done}")
+            while pending:
+                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                _drain(queue, progress, bars)
+                for fut in finished:
+                    method, labels, seed = key = futures[fut]
+                    results[key] = fut.result()
+                    done = f"test FG-mIoU {100 * results[key]['test/fg_miou']:.1f}"
+                    progress.update(bars[key], completed=configs[key].train.steps, info=done)
+                    progress.console.print(f"done: {method}, {labels} labels, seed {seed}: {done}")
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # a failed training stops the quickstart now
             raise
     return results
+
+
+def _drain(queue, progress, bars) -> None:
+    """Move each training's bar to the step its worker last reported."""
+    while True:
+        try:
+            key, step, total, info = queue.get_nowait()
+        except Empty:
+            return
+        progress.update(bars[key], completed=step, info=info, **({"total": total} if total else {}))

@@ -10,11 +10,12 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from rich.console import Console
 
 from .annotator_runs import describe_annotator, generate_local
+from .callbacks import Callback
 from .config import flatten, parse_override
 from .datagen import check_workers, sample_grid
 from .errors import CheckpointError
@@ -36,7 +37,7 @@ def run_dir_of(cfg) -> Path:
 
 
 def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: bool = True,
-              description: str | None = None):
+              description: str | None = None, callbacks: Sequence[Callback] = ()):
     """Build a trainer for ``cfg``, resume if asked, fit with checkpoints, MLflow and a progress bar.
 
     The MLflow run's id is kept in the run directory from the moment the run exists, so a resumed
@@ -52,7 +53,7 @@ def train_one(cfg, resume: Optional[str] = None, track: bool = True, progress: b
     if path is not None and path.exists():
         resume_from(trainer, path)
         console.print(f"resumed from {path} at step {trainer.step}")
-    callbacks = [LocalCheckpoints(run_dir)]
+    callbacks = [LocalCheckpoints(run_dir), *callbacks]
     if progress:
         callbacks.append(ProgressCallback(description or cfg.run.name))
     if track and cfg.tracking.enabled:
