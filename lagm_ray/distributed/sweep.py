@@ -83,7 +83,8 @@ def _tune_domain(d):
 def make_searcher(spec: SweepSpec):
     if spec.searcher == "optuna":
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
-    return BasicVariantGenerator(random_state=spec.seed)
+    # Tune applies max_concurrent_trials to a Searcher (Optuna) only; the grid generator takes its own.
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials or 0)
 
 
 def make_scheduler(spec: SweepSpec):
@@ -187,6 +188,7 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
         resources = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
+    optuna_limit = spec.max_concurrent_trials if spec.searcher == "optuna" else None  # see make_searcher
     if restoring:
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -195,7 +197,7 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = T
             param_space=param_space(spec),
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=make_searcher(spec),
                                         scheduler=make_scheduler(spec), num_samples=spec.num_samples,
-                                        max_concurrent_trials=spec.max_concurrent_trials,
+                                        max_concurrent_trials=optuna_limit,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                         # a finished trial's process takes the next trial: no new
                                         # interpreter, no second import of torch, per trial
