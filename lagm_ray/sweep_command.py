@@ -4,24 +4,22 @@ cluster in $RAY_ADDRESS (or a local one), and printing our table beside the pape
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from .config import parse_override
+from .distributed.sweep import absolute_paths, run_sweep
 from .errors import ConfigError
+from .report import sweep_table, to_markdown
 from .sweep_spec import SweepSpec, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SPACES = ROOT / "search_spaces"
-import sys
-
-import yaml
-
-from .distributed.sweep import absolute_paths, run_sweep
-from .report import sweep_table, to_markdown
 
 # Wide when piped (ray job logs, files): the comparison tables would otherwise fold at 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -37,7 +35,10 @@ def add_sweep_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--name", help="sweep name (default: the file's, with -quick for --quick)")
     ap.add_argument("--storage-path", help="Tune state and checkpoints: a directory, NFS path or s3:// "
                                            "(default $LAGM_STORAGE_PATH or ./ray_results)")
-    ap.add_argument("--fresh", action="store_true", help="start over instead of restoring a sweep of this name")
+    ap.add_argument("--resume", action="store_true",
+                    help="finish the sweep of this name in the storage (Tune restores it: Ray unpickles its "
+                         "state, so only from storage that only trusted users can write); without it a sweep "
+                         "of that name already there is refused")
 
 
 def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
@@ -58,9 +59,10 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
 
 def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
         extra_callbacks=()):
-    """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper."""
+    """Run (or with --resume restore) the sweep, then print its summary and, when given, the comparison
+    with the paper."""
     spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
-    results, parent = run_sweep(spec, storage_path=args.storage_path, resume=not args.fresh, spec_text=spec_text,
+    results, parent = run_sweep(spec, storage_path=args.storage_path, resume=args.resume, spec_text=spec_text,
                                 extra_callbacks=extra_callbacks)
     errors = [r for r in results if r.error is not None]
     if parent is None:
@@ -91,10 +93,10 @@ def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = N
         spec = spec_from_args(spec_file, args)
         if adjust is not None:
             spec = adjust(spec, args)
-    except ConfigError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        results, _ = run(spec, args, compare)
+    except ConfigError as e:  # a bad flag or file, or a sweep of this name already there without --resume
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    results, _ = run(spec, args, compare)
     return 1 if any(r.error is not None for r in results) else 0
 
 

@@ -26,6 +26,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from ..callbacks import Callback
+from ..errors import ConfigError
 from ..methods import Config, build_trainer
 from ..report import write_report
 from ..storage import atomic_write_text
@@ -140,23 +141,31 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
 # ------------------------------------------------------------------------------------ the sweep
 
 
-def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = True,
+def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = False,
               spec_text: str = "", extra_callbacks: Sequence[Callback] = (), verbose: int = 1):
-    """Run (or, when its Tune state exists, restore and finish) a sweep; returns (ResultGrid, parent run id).
+    """Run a sweep, or with ``resume`` restore and finish the one of this name in the storage; returns
+    (ResultGrid, parent run id).
+
+    Without ``resume`` a sweep already in the storage is refused (ConfigError): Ray's restore unpickles
+    ``<storage>/<name>/tuner.pkl``, so that state is read only when asked for.
 
     ``extra_callbacks`` go to every trial's trainer, e.g. a fault drill
     (:class:`~lagm_ray.distributed.faults.KillAfterCheckpoint`)."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose > 1)
     storage_path = storage_path or default_storage_path()
     exp_path = f"{storage_path.rstrip('/')}/{spec.name}"  # Tune's experiment directory (local or s3://)
     exp_dir = Path(exp_path) if "://" not in storage_path else None
+    state_path = exp_dir / STATE_FILE if exp_dir else None
+    restorable = tune.Tuner.can_restore(exp_path)
+    if not resume and (restorable or (state_path is not None and state_path.exists())):
+        raise ConfigError(f"a sweep named {spec.name!r} already exists in {exp_path}: pass --resume to finish it "
+                          "(only from storage you trust: Ray unpickles its state) or choose another --name")
+    restoring = resume and restorable
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose > 1)
     base = absolute_paths(spec.base)
     uri = base.tracking.uri
 
-    state_path = exp_dir / STATE_FILE if exp_dir else None
     state: dict[str, Any] = {}
-    restoring = resume and tune.Tuner.can_restore(exp_path)
     if restoring and state_path and state_path.exists():
         state = json.loads(state_path.read_text())
     parent_run_id = state.get("parent_run_id")
