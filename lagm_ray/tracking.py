@@ -23,6 +23,7 @@ from .methods import Config
 from .storage import atomic_write_text, code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+ERROR_TAG = "lagm.error"  # why a run failed or was killed: one line
 
 
 def tracking_uri(cfg_uri: str | None = None) -> str:
@@ -101,15 +102,18 @@ def start_parent_run(run_name: str, experiment: str, uri: str | None = None,
 
 
 def end_run(run_id: str, uri: str | None = None, status: str = "FINISHED",
-            metrics: dict[str, float] | None = None, summary: tuple[dict, str] | None = None) -> None:
-    """Finish a run from :func:`start_parent_run`, first logging its final ``metrics`` and ``summary``
-    (a dict and the JSON artifact name it goes to)."""
+            metrics: dict[str, float] | None = None, summary: tuple[dict, str] | None = None,
+            tags: dict[str, str] | None = None) -> None:
+    """Finish a run from :func:`start_parent_run`, first logging its final ``metrics``, ``summary``
+    (a dict and the JSON artifact name it goes to) and ``tags`` (e.g. ``lagm.error``: why it failed)."""
 
     client = MlflowClient(tracking_uri(uri))
     for k, v in (metrics or {}).items():
         client.log_metric(run_id, k, v)
     if summary is not None:
         client.log_dict(run_id, summary[0], summary[1])
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
     client.set_terminated(run_id, status)
 
 
@@ -230,10 +234,40 @@ def start_sweep_run(name: str, experiment: str, uri: str | None, swept_keys: lis
     return run_id
 
 
-def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None) -> str | None:
+def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None):
     """The child run a trial already created (before its worker or the driver was killed), if any."""
     runs = child_runs(parent_run_id, uri, f"tags.`{TRIAL_TAG}` = '{trial_id}'")
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+STOP_TAGS = (ERROR_TAG, "lagm.stopped_at_step", "lagm.last_checkpoint")  # why and where a run stopped
+
+
+def reopen_run(run_id: str, uri: str | None) -> None:
+    """A run closed KILLED or FAILED when its sweep's driver stopped (the parent, a trial's child) is
+    RUNNING again as the sweep is restored, without the tags that said why it stopped."""
+    client = MlflowClient(tracking_uri(uri))
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    for tag in STOP_TAGS:
+        if tag in run.data.tags:
+            client.delete_tag(run_id, tag)
+
+
+def close_open_trials(parent_run_id: str, uri: str | None, status: str, reason: str,
+                      failed: dict[str, str] | None = None) -> int:
+    """Close the child runs still RUNNING, whose trial process ended without closing them (killed with
+    the driver, or by a worker death Ray gave up on): ``status`` (KILLED) with ``reason``, or FAILED with
+    the trial's own reason when its run name is in ``failed`` (run name -> one-line reason)."""
+    client = MlflowClient(tracking_uri(uri))
+    closed = 0
+    for run in child_runs(parent_run_id, uri, "attributes.status = 'RUNNING'"):
+        own = (failed or {}).get(run.info.run_name)
+        client.set_tag(run.info.run_id, ERROR_TAG, own or reason)
+        client.set_terminated(run.info.run_id, "FAILED" if own else status)
+        closed += 1
+    return closed
 
 
 def child_runs(parent_run_id: str, uri: str | None, extra_filter: str = "") -> list:

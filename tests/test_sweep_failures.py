@@ -1,13 +1,45 @@
-"""A sweep directory is restored only when asked: a planted tuner.pkl is never unpickled without --resume."""
+"""How a sweep ends when something goes wrong, for real (local Ray, MLflow on SQLite): a driver that
+raises, SIGTERM, and a sweep directory that is only restored when asked."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from conftest import tiny_sweep
+from mlflow.tracking import MlflowClient
 
 from lagm_ray import sweep_command
+from lagm_ray.distributed.sweep import run_sweep
+from lagm_ray.sweep_spec import load_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def children(uri: str, parent: str):
+    c = MlflowClient(uri)
+    exp = c.get_run(parent).info.experiment_id
+    return c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def test_a_driver_that_raises_closes_the_parent_failed(ray_local, tiny_generator_path, tmp_path):
+    spec = load_sweep(tiny_sweep(tmp_path, tiny_generator_path, name="raises", space={"train.K": {"grid": [1]}}))
+    spec.metric = "no/such_metric"  # Tune raises in the driver at the trial's first report
+    with pytest.raises(Exception, match="no/such_metric"):
+        run_sweep(spec, storage_path=str(tmp_path / "ray"), verbose=0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                   "tags.`lagm.role` = 'sweep'")
+    assert parent.info.status == "FAILED" and "no/such_metric" in parent.data.tags["lagm.error"]
+    (kid,) = children(uri, parent.info.run_id)
+    assert kid.info.status == "KILLED", kid.data.tags.get("lagm.error")
 
 
 def test_an_existing_sweep_is_restored_only_with_resume(tmp_path, tiny_generator_path, capsys):
@@ -23,3 +55,79 @@ def test_an_existing_sweep_is_restored_only_with_resume(tmp_path, tiny_generator
     assert rc == 2 and len(err) == 1, err
     assert str(exp) in err[0] and "--resume" in err[0] and "--name" in err[0]
     assert not owned.exists()
+
+
+DRIVER = r'''
+import sys, time
+from pathlib import Path
+
+from lagm_ray.callbacks import Callback
+from lagm_ray.distributed.sweep import run_sweep
+from lagm_ray.sweep_spec import load_sweep
+
+
+class Trace(Callback):
+    """Notes every training start (K and its first step) in a file; holds the K=2 trial at step 2 once,
+    after it logged step 1, so that the test can kill the driver there."""
+
+    def __init__(self, log, hold):
+        self.log, self.hold = Path(log), Path(hold)
+
+    def on_start(self, trainer):
+        self.K = trainer.cfg.train.K
+        with self.log.open("a") as f:
+            f.write(f"{self.K} {trainer.step}\n")
+
+    def on_log(self, step, metrics):
+        if self.K == 2 and step == 2 and not self.hold.exists():
+            self.hold.write_text("held")
+            time.sleep(600)
+
+
+spec, storage, log, hold, resume = sys.argv[1:6]
+results, parent = run_sweep(load_sweep(spec), storage_path=storage, resume=resume == "resume", verbose=0,
+                            extra_callbacks=[Trace(log, hold)])
+print("RESULT", parent, sum(r.error is not None for r in results))
+'''
+
+
+def start_driver(tmp_path, path, env, mode="new"):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    cmd = [sys.executable, str(script), str(path), str(tmp_path / "ray"), str(tmp_path / "trace"),
+           str(tmp_path / "held"), mode]
+    log = open(tmp_path / f"{mode}.log", "w")
+    return cmd, subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(cond, proc, log: Path, what: str, seconds=120):
+    deadline = time.time() + seconds
+    while not cond():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, f"never {what}: " + log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def driver_env(ray_local, **extra):
+    """The driver joins the session's local Ray (starting one of its own takes 15 s or more on 2 busy
+    cores); killing the driver ends its trials, as Ray ends every actor of a job whose driver died."""
+    return {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, **extra}
+
+
+def test_sigterm_closes_the_parent_and_children_killed(ray_local, tiny_generator_path, tmp_path):
+    path = tiny_sweep(tmp_path, tiny_generator_path, name="term", steps=6, max_concurrent_trials=1,
+                      overrides={"train.eval_interval": 2})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd, driver = start_driver(tmp_path, path, driver_env(ray_local))
+    try:
+        wait_for((tmp_path / "held").exists, driver, tmp_path / "new.log", "reached K=2's step 2")
+        driver.send_signal(signal.SIGTERM)  # as a scheduler stopping a job would
+        rc = driver.wait(timeout=120)
+    finally:
+        driver.kill()
+    assert rc != 0, (tmp_path / "new.log").read_text()[-3000:]
+    parent = json.loads((tmp_path / "ray" / "term" / "lagm_sweep.json").read_text())["parent_run_id"]
+    p = MlflowClient(uri).get_run(parent)
+    assert p.info.status == "KILLED" and "interrupted" in p.data.tags["lagm.error"]
+    status = {r.data.params["train.K"]: r.info.status for r in children(uri, parent)}
+    assert status == {"1": "FINISHED", "2": "KILLED"}, status

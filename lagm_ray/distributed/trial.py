@@ -47,3 +47,26 @@ class TrialContext:
             # run: concurrent trials with more threads than cores slow each other down several times over.
             "run.num_threads": max(1, int(self.resources.cpus_per_worker)),
         }, source=f"{self.source}: trial {params}")
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The trial's own exception inside what Ray wraps it in: a RayTaskError (``cause``) around a trial,
+    a Ray Train WorkerGroupError (``worker_failures``, by rank) around a multi-worker run."""
+    for _ in range(5):  # a few layers at most; never loop on a self-referencing cause
+        failures = getattr(error, "worker_failures", None)
+        inner = next(iter(failures.values()), None) if failures else getattr(error, "cause", None)
+        if not isinstance(inner, BaseException) or inner is error:
+            return error
+        error = inner
+    return error
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of the root cause, as a run tag or a summary line holds it."""
+    cause = root_cause(error)
+    if str(cause).startswith("Traceback"):  # Tune's TuneError(traceback.format_exc()): say what it caught
+        inner = cause.__cause__ or cause.__context__
+        if inner is not None:
+            return one_line(inner)
+        return ([x for x in str(cause).splitlines() if x.strip()] or [""])[-1][:500]
+    return (f"{type(cause).__name__}: {cause}".splitlines() or [""])[0][:500]
