@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import parse_override
-from .distributed.sweep import absolute_paths, run_sweep
+from .distributed.sweep import absolute_paths, failed_trials, run_sweep
 from .errors import ConfigError
 from .report import sweep_table, to_markdown
 from .sweep_spec import SweepSpec, load_sweep
@@ -59,26 +59,38 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
 
 def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
         extra_callbacks=()):
-    """Run (or with --resume restore) the sweep, then print its summary and, when given, the comparison
-    with the paper."""
+    """Run (or with --resume restore) the sweep, then print its summary, the reason of each failed trial
+    and, when given, the comparison with the paper."""
     spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
     results, parent = run_sweep(spec, storage_path=args.storage_path, resume=args.resume, spec_text=spec_text,
                                 extra_callbacks=extra_callbacks)
-    errors = [r for r in results if r.error is not None]
+    failed = failed_trials(results)
     if parent is None:
-        console.print(f"{len(results)} trials finished ({len(errors)} failed); tracking disabled")
+        console.print(f"{len(results)} trials finished ({len(failed)} failed); tracking disabled")
+        print_failures(failed)
         return results, None
 
     uri = absolute_paths(spec.base).tracking.uri
     df, _ = sweep_table(parent, uri)
-    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(errors)} failed), metric {spec.metric} ({spec.mode})")
+    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(failed)} failed), metric {spec.metric} ({spec.mode})")
     print(to_markdown(df) if not df.empty else "(no trials)")
+    print_failures(failed)
     if compare is not None and not df.empty:
         table = compare(df)
         if table is not None:
             console.print(table)
     console.print(f"MLflow parent run {parent}: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
     return results, parent
+
+
+def print_failures(failed: dict[str, str]) -> None:
+    for name, reason in failed.items():
+        print(f"failed: {name}: {reason}")
+
+
+def exit_status(results) -> int:
+    """1 when a trial failed, else 0."""
+    return 1 if failed_trials(results) else 0
 
 
 def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = None,
@@ -97,7 +109,7 @@ def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = N
     except ConfigError as e:  # a bad flag or file, or a sweep of this name already there without --resume
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 1 if any(r.error is not None for r in results) else 0
+    return exit_status(results)
 
 
 def relative_time(df, key: str, reference: Any) -> dict[Any, float]:

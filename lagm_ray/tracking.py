@@ -255,6 +255,25 @@ def reopen_run(run_id: str, uri: str | None) -> None:
             client.delete_tag(run_id, tag)
 
 
+def record_trial_failure(parent_run_id: str, uri: str | None, run_id: str | None, run_name: str,
+                         tags: dict[str, str], params: dict[str, Any], reason: str) -> str:
+    """End a trial's child run FAILED with ``reason``, creating it first when the trial failed before
+    its training opened one (a bad config value, an unreadable file). A run the training already
+    closed (its MLflowCallback.on_abort) is left as it is. Returns the run id."""
+    client = MlflowClient(tracking_uri(uri))
+    if run_id is None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags={
+            **code_version(), **tags, "mlflow.parentRunId": parent_run_id, "mlflow.runName": run_name}).info.run_id
+        for k, v in params.items():  # the sampled values: which setting failed
+            client.log_param(run_id, k, str(v)[:500])
+    elif client.get_run(run_id).info.status != "RUNNING":
+        return run_id
+    client.set_tag(run_id, ERROR_TAG, reason)
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
 def close_open_trials(parent_run_id: str, uri: str | None, status: str, reason: str,
                       failed: dict[str, str] | None = None) -> int:
     """Close the child runs still RUNNING, whose trial process ended without closing them (killed with

@@ -1,8 +1,9 @@
-"""How a sweep ends when something goes wrong, for real (local Ray, MLflow on SQLite): a driver that
-raises, SIGTERM, and a sweep directory that is only restored when asked."""
+"""How a sweep ends when something goes wrong, for real (local Ray, MLflow on SQLite): a deterministic
+error in a trial, a driver that raises, SIGTERM, and a sweep directory that is only restored when asked."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -16,7 +17,10 @@ from conftest import tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from lagm_ray import sweep_command
+from lagm_ray.distributed.faults import RaiseAtStart
 from lagm_ray.distributed.sweep import run_sweep
+from lagm_ray.distributed.trial import is_deterministic
+from lagm_ray.errors import ConfigError
 from lagm_ray.sweep_spec import load_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -26,6 +30,32 @@ def children(uri: str, parent: str):
     c = MlflowClient(uri)
     exp = c.get_run(parent).info.experiment_id
     return c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def test_a_deterministic_error_fails_its_trial_once_and_says_why(ray_local, tiny_generator_path, tmp_path, capsys):
+    path = tiny_sweep(tmp_path, tiny_generator_path, name="det", max_failures=2)  # K in 1, 2
+    attempts = tmp_path / "attempts"
+    drill = RaiseAtStart(ConfigError("train.K: 2 is refused by this drill"), "train.K", 2, attempts)
+    args = argparse.Namespace(storage_path=str(tmp_path / "ray"), resume=False)
+    results, parent = sweep_command.run(load_sweep(path), args, extra_callbacks=[drill])
+    out = capsys.readouterr().out
+
+    assert attempts.read_text().splitlines() == ["train.K=2"]  # one attempt, not 1 + max_failures
+    (error,) = [r.error for r in results if r.error is not None]
+    assert is_deterministic(error)
+    assert sweep_command.exit_status(results) == 1
+    assert "2 trials (1 failed)" in out
+    (line,) = [x for x in out.splitlines() if x.startswith("failed: ")]
+    assert line.endswith("K=2: ConfigError: train.K: 2 is refused by this drill"), line
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kids = {r.data.params["train.K"]: r for r in children(uri, parent)}
+    assert kids["1"].info.status == "FINISHED"
+    # it failed before its training opened a run: the run is made, FAILED, with the reason and its values
+    assert kids["2"].info.status == "FAILED"
+    assert kids["2"].data.tags["lagm.error"] == "ConfigError: train.K: 2 is refused by this drill"
+    p = MlflowClient(uri).get_run(parent)
+    assert p.info.status == "FAILED" and "1 of 2 trials failed" in p.data.tags["lagm.error"]
 
 
 def test_a_driver_that_raises_closes_the_parent_failed(ray_local, tiny_generator_path, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import threading
@@ -43,12 +44,13 @@ from ..tracking import (
     end_run,
     find_sweep_run,
     find_trial_run,
+    record_trial_failure,
     reopen_run,
     start_sweep_run,
     tracking_uri,
 )
 from .train import RayReport, ray_fit, resume
-from .trial import MLflowRun, TrialContext, one_line
+from .trial import DETERMINISTIC_KEY, MLflowRun, TrialContext, is_deterministic, one_line
 
 STATE_FILE = "lagm_sweep.json"
 TRIAL_CPU = 0.5  # a trial that only launches a multi-worker TorchTrainer waits; it needs little CPU
@@ -119,7 +121,10 @@ def _short(v: Any) -> str:
 
 
 def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
-    """One Tune trial: the base config with this trial's values, trained and reported to Tune."""
+    """One Tune trial: the base config with this trial's values, trained and reported to Tune.
+
+    A deterministic error (ConfigError, DataError, CheckpointError, DatasetError) fails the trial once:
+    its child run ends FAILED with the reason, and Tune is told not to retry it (:class:`NoRetry`)."""
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     uri = ctx.base.tracking.uri
@@ -132,19 +137,48 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         run_name=tune_ctx.get_trial_name(),
         tags={"lagm.trial_id": trial_id, "lagm.role": "trial", "lagm.sweep": ctx.sweep,
               "lagm.node": ray.get_runtime_context().get_node_id()})  # which node ran it (multi-node sweeps)
-    cfg = ctx.trial_config(params, trial_id)
-    if ctx.resources.workers > 1:
-        ray_fit(cfg, ctx.resources, storage_path=ctx.storage_path, name=f"{ctx.sweep}-train-{trial_id}",
-                max_failures=ctx.max_failures, mlflow_run=mlflow_run, extra_callbacks=ctx.extra_callbacks,
-                run_callbacks=[TuneReportCallback()])
-        return
-    trainer = build_trainer(cfg)
-    resume(trainer, tune.get_checkpoint())
-    callbacks: list[Callback] = [RayReport(report=tune.report), *ctx.extra_callbacks]
-    if tracked:
-        callbacks.append(MLflowCallback(cfg, run_name=mlflow_run.run_name, tags=mlflow_run.tags,
-                                        run_id=mlflow_run.run_id))
-    trainer.fit(callbacks)
+    try:
+        cfg = ctx.trial_config(params, trial_id)
+        if ctx.resources.workers > 1:
+            ray_fit(cfg, ctx.resources, storage_path=ctx.storage_path, name=f"{ctx.sweep}-train-{trial_id}",
+                    max_failures=ctx.max_failures, mlflow_run=mlflow_run, extra_callbacks=ctx.extra_callbacks,
+                    run_callbacks=[TuneReportCallback()])
+            return
+        trainer = build_trainer(cfg)
+        resume(trainer, tune.get_checkpoint())
+        callbacks: list[Callback] = [RayReport(report=tune.report), *ctx.extra_callbacks]
+        if tracked:
+            callbacks.append(MLflowCallback(cfg, run_name=mlflow_run.run_name, tags=mlflow_run.tags,
+                                            run_id=mlflow_run.run_id))
+        trainer.fit(callbacks)
+    except BaseException as error:
+        if not is_deterministic(error):
+            raise  # anything else may pass on a retry (a lost node, a full disk): Tune's FailureConfig
+        reason = one_line(error)
+        if tracked:  # the run as it is now: the training (or a Train worker) may have opened it
+            child = find_trial_run(ctx.parent_run_id, trial_id, uri)
+            record_trial_failure(ctx.parent_run_id, uri, child.info.run_id if child else None,
+                                 mlflow_run.run_name or trial_id, mlflow_run.tags, params, reason)
+        tune.report({DETERMINISTIC_KEY: 1.0, "lagm/error": reason, **({ctx.metric: math.nan} if ctx.metric else {})})
+        raise
+
+
+class NoRetry(tune.Callback):
+    """Tune's FailureConfig retries every exception a trial raises and takes no filter; the decision is
+    ``Trial.should_recover``, which compares the trial's failures with that trial's own ``max_failures``.
+    A trial about to raise a deterministic error reports DETERMINISTIC_KEY first (Tune processes a
+    trial's report before the error that follows it); here, in the driver, that report sets the trial's
+    ``max_failures`` to 0, so the error ends it ERROR at once, with the error as its result."""
+
+    def __init__(self, max_failures: int):
+        self.max_failures = max_failures
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        trial.max_failures = self.max_failures  # a restored errored trial gets its retries back
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(DETERMINISTIC_KEY):
+            trial.max_failures = 0
 
 
 # ------------------------------------------------------------------------------------ the sweep
@@ -224,7 +258,7 @@ def _tuner(spec: SweepSpec, base: Config, parent_run_id: str | None, storage_pat
     r = spec.resources
     ctx = TrialContext(sweep=spec.name, source=spec.source, base=base, parent_run_id=parent_run_id, resources=r,
                        storage_path=storage_path, max_failures=spec.max_failures,
-                       extra_callbacks=tuple(extra_callbacks))
+                       extra_callbacks=tuple(extra_callbacks), metric=spec.metric)
     if r.workers > 1:
         resources = {"cpu": TRIAL_CPU}
     else:
@@ -245,13 +279,21 @@ def _tuner(spec: SweepSpec, base: Config, parent_run_id: str | None, storage_pat
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=verbose,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  callbacks=[NoRetry(spec.max_failures)]),
     )
 
 
 def failed_trials(results) -> dict[str, str]:
     """Trial name -> one-line reason, for every trial of ``results`` that failed."""
-    return {Path(r.path or "").name: one_line(r.error) for r in results if r.error is not None}
+    failed = {}
+    for r in results:
+        name = Path(r.path or "").name  # the trial's directory, named as its run (trial_name)
+        if r.error is not None:
+            failed[name] = one_line(r.error)
+        elif (r.metrics or {}).get(DETERMINISTIC_KEY):  # a scheduler stopped it on that report: failed all the same
+            failed[name] = str(r.metrics.get("lagm/error", "a deterministic error"))
+    return failed
 
 
 def _close_finished_sweep(parent_run_id: str, uri: str, results, exp_dir: Path | None) -> None:
