@@ -7,6 +7,7 @@ under one parent run by passing ``tracking.parent_run_id``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -134,13 +135,16 @@ class MLflowCallback(Callback):
 
     ``run_id``: continue that run (a resumed training, a restarted trial); steps it already logged are not
     logged again. ``run_id_file``: where the id of a new run is written as soon as the run exists, so
-    that a resume after any kind of death finds it. ``checkpoint_dir``: named on the run when it stops."""
+    that a resume after any kind of death finds it. ``checkpoint_dir``: named on the run when it stops.
+    ``end_tags``: called at the end of a training, its tags set before the run is closed FINISHED."""
 
     wants_pictures = True  # logged as artifacts at every evaluation that draws them
 
     def __init__(self, cfg: Config, run_name: str | None = None, tags: dict[str, str] | None = None,
-                 run_id: str | None = None, run_id_file: Path | None = None, checkpoint_dir: Path | None = None):
+                 run_id: str | None = None, run_id_file: Path | None = None, checkpoint_dir: Path | None = None,
+                 end_tags: Callable[[], dict[str, str]] | None = None):
         self.cfg = cfg
+        self.end_tags = end_tags  # tags set just before the run ends FINISHED (a sweep trial's final report)
         self.run_name = run_name or cfg.run.name
         self.tags = dict(tags or {})
         self.run_id = run_id
@@ -186,6 +190,8 @@ class MLflowCallback(Callback):
             with tempfile.TemporaryDirectory() as d:
                 self.trainer.save_best(Path(d) / "best.pt")
                 mlflow.log_artifact(str(Path(d) / "best.pt"), "checkpoints")
+        if self.end_tags is not None:
+            mlflow.set_tags(self.end_tags())
         mlflow.end_run()
         self.active = False
 
@@ -240,6 +246,9 @@ def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None):
     return runs[0] if runs else None
 
 
+FINAL_REPORT_TAG = "lagm.final_report"  # on a child: the trial's last Tune report, JSON, set as it finishes
+
+
 STOP_TAGS = (ERROR_TAG, "lagm.stopped_at_step", "lagm.last_checkpoint")  # why and where a run stopped
 
 
@@ -253,6 +262,13 @@ def reopen_run(run_id: str, uri: str | None) -> None:
     for tag in STOP_TAGS:
         if tag in run.data.tags:
             client.delete_tag(run_id, tag)
+
+
+def final_report(run) -> dict[str, Any] | None:
+    """The last Tune report of a trial whose training finished and whose child run was closed FINISHED
+    (None otherwise): a restored sweep reports it to Tune again instead of training the trial again."""
+    text = run.data.tags.get(FINAL_REPORT_TAG) if run is not None and run.info.status == "FINISHED" else None
+    return json.loads(text) if text else None
 
 
 def record_trial_failure(parent_run_id: str, uri: str | None, run_id: str | None, run_name: str,

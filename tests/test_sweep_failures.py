@@ -1,5 +1,6 @@
 """How a sweep ends when something goes wrong, for real (local Ray, MLflow on SQLite): a deterministic
-error in a trial, a driver that raises, SIGTERM, and a sweep directory that is only restored when asked."""
+error in a trial, a driver that raises, SIGTERM, a driver SIGKILLed right after a trial finished, and a
+sweep directory that is only restored when asked."""
 
 from __future__ import annotations
 
@@ -142,6 +143,46 @@ def driver_env(ray_local, **extra):
     """The driver joins the session's local Ray (starting one of its own takes 15 s or more on 2 busy
     cores); killing the driver ends its trials, as Ray ends every actor of a job whose driver died."""
     return {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, **extra}
+
+
+def test_restore_after_a_driver_kill_right_after_a_trial_finished(ray_local, tiny_generator_path, tmp_path):
+    """Trial K=1 finishes; the driver is SIGKILLed while K=2 has logged step 1. Tune's saved state still
+    has K=1 running (from its step-4 checkpoint, the last state save): the restore must not train it
+    again, K=2 restarts from step 0 in the run that holds step 1, and no step is logged twice."""
+    path = tiny_sweep(tmp_path, tiny_generator_path, name="fin", steps=6, max_concurrent_trials=1,
+                      overrides={"train.eval_interval": 2})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Tune saves its state every 10 s or more, and at every 2nd checkpoint of a trial (num_to_keep);
+    # no periodic save here, so the saved state is the one of K=1's step-4 checkpoint whatever the timing.
+    cmd, first = start_driver(tmp_path, path, driver_env(ray_local, TUNE_GLOBAL_CHECKPOINT_S="3600"))
+    try:
+        wait_for((tmp_path / "held").exists, first, tmp_path / "new.log", "reached K=2's step 2")
+    finally:
+        first.kill()  # SIGKILL
+        first.wait()
+    exp = tmp_path / "ray" / "fin"
+    parent = json.loads((exp / "lagm_sweep.json").read_text())["parent_run_id"]
+    before = {r.data.params["train.K"]: r.info.status for r in children(uri, parent)}
+    assert before == {"1": "FINISHED", "2": "RUNNING"}, before
+
+    second = subprocess.run(cmd[:-1] + ["resume"], cwd=tmp_path, env=driver_env(ray_local), capture_output=True,
+                            text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"RESULT {parent} 0" in second.stdout
+    # K=1 trained once; K=2 twice from step 0 (killed before its first checkpoint)
+    assert sorted((tmp_path / "trace").read_text().splitlines()) == ["1 0", "2 0", "2 0"]
+    client = MlflowClient(uri)
+    kids = children(uri, parent)
+    assert sorted(r.data.params["train.K"] for r in kids) == ["1", "2"]
+    for r in kids:
+        assert r.info.status == "FINISHED" and "result/test/fg_miou" in r.data.metrics
+        for key in r.data.metrics:  # one value per step, for every metric (result/ ones: one value)
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (r.data.params["train.K"], key, steps)
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "time/step_s")) == [1, 2, 3, 4, 5, 6]
+    p = client.get_run(parent)
+    assert p.info.status == "FINISHED" and "lagm.error" not in p.data.tags
+    assert len(client.search_runs([p.info.experiment_id], "tags.`lagm.role` = 'sweep'")) == 1
 
 
 def test_sigterm_closes_the_parent_and_children_killed(ray_local, tiny_generator_path, tmp_path):

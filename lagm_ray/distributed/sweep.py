@@ -42,6 +42,7 @@ from ..tracking import (
     close_open_trials,
     close_stopped_trials,
     end_run,
+    final_report,
     find_sweep_run,
     find_trial_run,
     record_trial_failure,
@@ -49,7 +50,7 @@ from ..tracking import (
     start_sweep_run,
     tracking_uri,
 )
-from .train import RayReport, ray_fit, resume
+from .train import RayReport, final_report_tags, ray_fit, resume
 from .trial import DETERMINISTIC_KEY, MLflowRun, TrialContext, is_deterministic, one_line
 
 STATE_FILE = "lagm_sweep.json"
@@ -123,13 +124,19 @@ def _short(v: Any) -> str:
 def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: the base config with this trial's values, trained and reported to Tune.
 
-    A deterministic error (ConfigError, DataError, CheckpointError, DatasetError) fails the trial once:
+    A trial whose training already finished (its child run FINISHED with its final report: the driver
+    died after it ended but before Tune saved that) reports that result again and trains nothing. A
+    deterministic error (ConfigError, DataError, CheckpointError, DatasetError) fails the trial once:
     its child run ends FAILED with the reason, and Tune is told not to retry it (:class:`NoRetry`)."""
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     uri = ctx.base.tracking.uri
     tracked = bool(ctx.base.tracking.enabled and ctx.parent_run_id)
     child = find_trial_run(ctx.parent_run_id, trial_id, uri) if tracked else None
+    done = final_report(child)
+    if done is not None:
+        tune.report(done)
+        return
     if child is not None and child.info.status != "RUNNING":
         reopen_run(child.info.run_id, uri)  # stopped with an earlier driver: its stop tags no longer hold
     mlflow_run = MLflowRun(
@@ -146,10 +153,12 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
             return
         trainer = build_trainer(cfg)
         resume(trainer, tune.get_checkpoint())
-        callbacks: list[Callback] = [RayReport(report=tune.report), *ctx.extra_callbacks]
+        ray_report = RayReport(report=tune.report)
+        callbacks: list[Callback] = [ray_report, *ctx.extra_callbacks]
         if tracked:
             callbacks.append(MLflowCallback(cfg, run_name=mlflow_run.run_name, tags=mlflow_run.tags,
-                                            run_id=mlflow_run.run_id))
+                                            run_id=mlflow_run.run_id,
+                                            end_tags=final_report_tags(ray_report, trainer)))
         trainer.fit(callbacks)
     except BaseException as error:
         if not is_deterministic(error):
