@@ -5,7 +5,7 @@
     python experiments/ablation_k.py --steps 3000            # a longer budget
 
 Runs search_spaces/ablation_k.yaml as a Ray Tune grid; every trial is an MLflow child run of the
-sweep's parent run; a killed driver is restored by running the same command again.
+sweep's parent run; a killed driver is restored by running the same command again with --resume.
 """
 
 import sys

@@ -205,23 +205,36 @@ def quickstart(quick: bool = typer.Option(False, help="A much shorter budget (sm
     run_quickstart(quick=quick, seeds=parse_seeds(seeds), out=out, track=track, extra=extra, parallel=parallel)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sweep(ctx: typer.Context, spec: Path = typer.Argument(..., help="A search_spaces/ YAML file.")):
-    """Run (or restore and finish) a Ray Tune sweep; flags as experiments/ scripts take:
-    --quick, --steps N, --trials N, --concurrency N, --set key=value, --name, --storage-path, --fresh."""
+@app.command()
+def sweep(spec: Path = typer.Argument(..., help="A search_spaces/ YAML file."),
+          quick: bool = typer.Option(False, "--quick", help="The file's quick: budget (minutes on 2 CPUs)."),
+          steps: Optional[int] = typer.Option(None, help="train.steps for every trial."),
+          trials: Optional[int] = typer.Option(None, help="num_samples (grid: repeats of the grid)."),
+          concurrency: Optional[int] = typer.Option(None, help="max_concurrent_trials."),
+          set_: Optional[list[str]] = SetOpt,
+          name: Optional[str] = typer.Option(None, help="Sweep name (default: the file's, with -quick for --quick)."),
+          storage_path: Optional[str] = typer.Option(None, help="Tune state and checkpoints: a folder, NFS path or "
+                                                                  "s3:// (default $LAGM_STORAGE_PATH or ./ray_results)."),
+          resume: bool = typer.Option(False, "--resume", help="Finish the sweep of this name in the storage (Ray "
+                                                              "unpickles its state: only from storage that only "
+                                                              "trusted users can write)."),
+          track: bool = TrackOpt, experiment: Optional[str] = ExperimentOpt,
+          verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines in the terminal.")):
+    """Run a Ray Tune sweep (or, with --resume, finish one); the experiments/ scripts take the same flags.
+    Exits 1 when a trial failed, naming each with its reason."""
     import argparse
 
-    from .sweep_command import add_sweep_flags, run, spec_from_args
+    from .sweep_command import exit_status, run, spec_from_args
 
-    ap = argparse.ArgumentParser(prog="lagm sweep", add_help=False)
-    add_sweep_flags(ap)
+    args = argparse.Namespace(quick=quick, steps=steps, trials=trials, concurrency=concurrency, overrides=set_ or [],
+                              name=name, storage_path=storage_path, resume=resume, track=track, experiment=experiment,
+                              verbose=verbose)
     try:
-        args = ap.parse_args(ctx.args)
-    except SystemExit:
-        fail(f"bad flags {' '.join(ctx.args)}; see lagm sweep --help")
-    results, _ = run(spec_from_args(spec, args), args)
-    if any(r.error is not None for r in results):
-        raise typer.Exit(1)
+        results, _ = run(spec_from_args(spec, args), args)
+    except KeyboardInterrupt:  # the parent and running trials are KILLED in MLflow
+        typer.echo("interrupted: continue with --resume", err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(exit_status(results))
 
 
 @app.command()
@@ -258,7 +271,8 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
              max_entropy: Optional[float] = typer.Option(None, help="Drop images whose mean entropy is above."),
              local: bool = typer.Option(False, "--local", help="Generate in this process, without Ray."),
              track: bool = TrackOpt,
-             experiment: str = typer.Option("lagm-datasets", "--experiment", help="MLflow experiment.")):
+             experiment: str = typer.Option("lagm-datasets", "--experiment", help="MLflow experiment."),
+             verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines in the terminal.")):
     """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
     Re-running the same command after an interruption writes only the missing shards."""
     from .datagen import GenerationSpec
@@ -267,7 +281,7 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
     spec = GenerationSpec(num_images=num_images, shard_size=shard_size, seed=seed, batch_size=batch_size,
                           truncation_psi=truncation, min_confidence=min_confidence, max_entropy=max_entropy)
     generate_and_log(annotator, out, spec, local=local, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
-                     use_gpu=gpu, track=track, experiment=experiment)
+                     use_gpu=gpu, track=track, experiment=experiment, verbose=verbose)
 
 
 @app.command()

@@ -188,7 +188,7 @@ def train_toy_generator(c, out: Optional[Path] = None, track: bool = True,
 
 def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, concurrency: Optional[int] = None,
                      cpus_per_actor: float = 1.0, use_gpu: Optional[bool] = None, track: bool = True,
-                     experiment: str = "lagm-datasets") -> dict:
+                     experiment: str = "lagm-datasets", verbose: bool = False) -> dict:
     """`lagm generate` and experiments/generate_dataset.py: generate (on Ray, or ``local``ly) with a progress
     bar (images and shards done, images/s), then log the run to MLflow with a sample grid."""
     def warn(message: str) -> None:
@@ -218,7 +218,7 @@ def generate_and_log(annotator: Path, out: Path, spec, *, local: bool = False, c
             )
 
             manifest = generate_dataset(info, out, spec, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
-                                        use_gpu=use_gpu, on_shard=on_shard, warn=warn)
+                                        use_gpu=use_gpu, on_shard=on_shard, warn=warn, verbose=verbose)
         progress.update(task, completed=spec.num_images)
     last = manifest["last_run"]
     rate = f", {last['images_per_s']:.1f} images/s" if last.get("images_per_s") else ""

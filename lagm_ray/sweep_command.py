@@ -12,7 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import parse_override
-from .distributed.sweep import absolute_paths, default_storage_path, run_sweep
+from .distributed.sweep import (
+    absolute_paths,
+    default_storage_path,
+    failed_trials,
+    run_sweep,
+)
 from .errors import CheckpointError, ConfigError, DataError
 from .preflight import check_runs, check_writable_dir
 from .report import sweep_table, to_markdown
@@ -35,13 +40,23 @@ def add_sweep_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--name", help="sweep name (default: the file's, with -quick for --quick)")
     ap.add_argument("--storage-path", help="Tune state and checkpoints: a directory, NFS path or s3:// "
                                            "(default $LAGM_STORAGE_PATH or ./ray_results)")
-    ap.add_argument("--fresh", action="store_true", help="start over instead of restoring a sweep of this name")
+    ap.add_argument("--no-track", dest="track", action="store_false", help="log nothing to MLflow")
+    ap.add_argument("--experiment", help="MLflow experiment (default: the base config's tracking.experiment)")
+    ap.add_argument("--verbose", action="store_true", help="show Ray's own log lines in the terminal")
+    ap.add_argument("--resume", action="store_true",
+                    help="finish the sweep of this name in the storage (Tune restores it: Ray unpickles its "
+                         "state, so only from storage that only trusted users can write); without it a sweep "
+                         "of that name already there is refused")
 
 
 def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
     overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
     if args.steps is not None:
         overrides["train.steps"] = args.steps
+    if getattr(args, "experiment", None):
+        overrides["tracking.experiment"] = args.experiment
+    if not getattr(args, "track", True):
+        overrides["tracking.enabled"] = False
     spec = load_sweep(path, quick=args.quick, overrides=overrides, name=args.name)
     if args.name is None and args.quick:
         spec.name = f"{spec.name}-quick"  # a shrunk sweep must not restore, or mix with, the full one
@@ -54,30 +69,44 @@ def spec_from_args(path: str | Path, args: argparse.Namespace) -> SweepSpec:
 
 def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Table | None] | None = None,
         extra_callbacks=()):
-    """Run (or restore) the sweep, then print its summary and, when given, the comparison with the paper.
-    Every config a trial can get is checked first, in the driver, before Ray starts."""
+    """Run (or with --resume restore) the sweep, then print its summary, the reason of each failed trial
+    and, when given, the comparison with the paper. Every config a trial can get is checked first, in the
+    driver, before Ray starts."""
     storage_path = args.storage_path or default_storage_path()
     check_runs(spec.configs_to_check())
     if "://" not in storage_path:
         check_writable_dir(storage_path, "--storage-path")
     spec_text = Path(spec.source).read_text() if Path(spec.source).exists() else ""
-    results, parent = run_sweep(spec, storage_path=args.storage_path, resume=not args.fresh, spec_text=spec_text,
+    results, parent = run_sweep(spec, storage_path=args.storage_path, resume=args.resume, spec_text=spec_text,
+                                verbose=2 if getattr(args, "verbose", False) else 1,
                                 extra_callbacks=extra_callbacks)
-    errors = [r for r in results if r.error is not None]
+    failed = failed_trials(results)
     if parent is None:
-        console.print(f"{len(results)} trials finished ({len(errors)} failed); tracking disabled")
+        console.print(f"{len(results)} trials finished ({len(failed)} failed); tracking disabled")
+        print_failures(failed)
         return results, None
 
     uri = absolute_paths(spec.base).tracking.uri
     df, _ = sweep_table(parent, uri)
-    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(errors)} failed), metric {spec.metric} ({spec.mode})")
+    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(failed)} failed), metric {spec.metric} ({spec.mode})")
     print(to_markdown(df) if not df.empty else "(no trials)")
+    print_failures(failed)
     if compare is not None and not df.empty:
         table = compare(df)
         if table is not None:
             console.print(table)
     console.print(f"MLflow parent run {parent}: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
     return results, parent
+
+
+def print_failures(failed: dict[str, str]) -> None:
+    for name, reason in failed.items():
+        print(f"failed: {name}: {reason}")
+
+
+def exit_status(results) -> int:
+    """1 when a trial failed, else 0."""
+    return 1 if failed_trials(results) else 0
 
 
 def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = None,
@@ -96,7 +125,10 @@ def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = N
     except (ConfigError, DataError, CheckpointError, OSError) as e:  # as `lagm sweep` reports them
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    return 1 if any(r.error is not None for r in results) else 0
+    except KeyboardInterrupt:  # the sweep's runs are KILLED; --resume continues it
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    return exit_status(results)
 
 
 def relative_time(df, key: str, reference: Any) -> dict[Any, float]:

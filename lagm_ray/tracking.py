@@ -7,6 +7,7 @@ under one parent run by passing ``tracking.parent_run_id``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from .methods import Config
 from .storage import atomic_write_text, code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+ERROR_TAG = "lagm.error"  # why a run failed or was killed: one line
 
 
 def tracking_uri(cfg_uri: str | None = None) -> str:
@@ -101,15 +103,18 @@ def start_parent_run(run_name: str, experiment: str, uri: str | None = None,
 
 
 def end_run(run_id: str, uri: str | None = None, status: str = "FINISHED",
-            metrics: dict[str, float] | None = None, summary: tuple[dict, str] | None = None) -> None:
-    """Finish a run from :func:`start_parent_run`, first logging its final ``metrics`` and ``summary``
-    (a dict and the JSON artifact name it goes to)."""
+            metrics: dict[str, float] | None = None, summary: tuple[dict, str] | None = None,
+            tags: dict[str, str] | None = None) -> None:
+    """Finish a run from :func:`start_parent_run`, first logging its final ``metrics``, ``summary``
+    (a dict and the JSON artifact name it goes to) and ``tags`` (e.g. ``lagm.error``: why it failed)."""
 
     client = MlflowClient(tracking_uri(uri))
     for k, v in (metrics or {}).items():
         client.log_metric(run_id, k, v)
     if summary is not None:
         client.log_dict(run_id, summary[0], summary[1])
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
     client.set_terminated(run_id, status)
 
 
@@ -136,13 +141,16 @@ class MLflowCallback(Callback):
 
     ``run_id``: continue that run (a resumed training, a restarted trial); steps it already logged are not
     logged again. ``run_id_file``: where the id of a new run is written as soon as the run exists, so
-    that a resume after any kind of death finds it. ``checkpoint_dir``: named on the run when it stops."""
+    that a resume after any kind of death finds it. ``checkpoint_dir``: named on the run when it stops.
+    ``end_tags``: called at the end of a training, its tags set before the run is closed FINISHED."""
 
     wants_pictures = True  # logged as artifacts at every evaluation that draws them
 
     def __init__(self, cfg: Config, run_name: str | None = None, tags: dict[str, str] | None = None,
-                 run_id: str | None = None, run_id_file: Path | None = None, checkpoint_dir: Path | None = None):
+                 run_id: str | None = None, run_id_file: Path | None = None, checkpoint_dir: Path | None = None,
+                 end_tags: Callable[[], dict[str, str]] | None = None):
         self.cfg = cfg
+        self.end_tags = end_tags  # tags set just before the run ends FINISHED (a sweep trial's final report)
         self.run_name = run_name or cfg.run.name
         self.tags = dict(tags or {})
         self.run_id = run_id
@@ -188,6 +196,8 @@ class MLflowCallback(Callback):
             with tempfile.TemporaryDirectory() as d:
                 self.trainer.save_best(Path(d) / "best.pt")
                 mlflow.log_artifact(str(Path(d) / "best.pt"), "checkpoints")
+        if self.end_tags is not None:
+            mlflow.set_tags(self.end_tags())
         mlflow.end_run()
         self.active = False
 
@@ -236,10 +246,69 @@ def start_sweep_run(name: str, experiment: str, uri: str | None, swept_keys: lis
     return run_id
 
 
-def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None) -> str | None:
+def find_trial_run(parent_run_id: str, trial_id: str, uri: str | None):
     """The child run a trial already created (before its worker or the driver was killed), if any."""
     runs = child_runs(parent_run_id, uri, f"tags.`{TRIAL_TAG}` = '{trial_id}'")
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+FINAL_REPORT_TAG = "lagm.final_report"  # on a child: the trial's last Tune report, JSON, set as it finishes
+
+
+STOP_TAGS = (ERROR_TAG, "lagm.stopped_at_step", "lagm.last_checkpoint")  # why and where a run stopped
+
+
+def reopen_run(run_id: str, uri: str | None) -> None:
+    """A run closed KILLED or FAILED when its sweep's driver stopped (the parent, a trial's child) is
+    RUNNING again as the sweep is restored, without the tags that said why it stopped."""
+    client = MlflowClient(tracking_uri(uri))
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    for tag in STOP_TAGS:
+        if tag in run.data.tags:
+            client.delete_tag(run_id, tag)
+
+
+def final_report(run) -> dict[str, Any] | None:
+    """The last Tune report of a trial whose training finished and whose child run was closed FINISHED
+    (None otherwise): a restored sweep reports it to Tune again instead of training the trial again."""
+    text = run.data.tags.get(FINAL_REPORT_TAG) if run is not None and run.info.status == "FINISHED" else None
+    return json.loads(text) if text else None
+
+
+def record_trial_failure(parent_run_id: str, uri: str | None, run_id: str | None, run_name: str,
+                         tags: dict[str, str], params: dict[str, Any], reason: str) -> str:
+    """End a trial's child run FAILED with ``reason``, creating it first when the trial failed before
+    its training opened one (a bad config value, an unreadable file). A run the training already
+    closed (its MLflowCallback.on_abort) is left as it is. Returns the run id."""
+    client = MlflowClient(tracking_uri(uri))
+    if run_id is None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags={
+            **code_version(), **tags, "mlflow.parentRunId": parent_run_id, "mlflow.runName": run_name}).info.run_id
+        for k, v in params.items():  # the sampled values: which setting failed
+            client.log_param(run_id, k, str(v)[:500])
+    elif client.get_run(run_id).info.status != "RUNNING":
+        return run_id
+    client.set_tag(run_id, ERROR_TAG, reason)
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
+def close_open_trials(parent_run_id: str, uri: str | None, status: str, reason: str,
+                      failed: dict[str, str] | None = None) -> int:
+    """Close the child runs still RUNNING, whose trial process ended without closing them (killed with
+    the driver, or by a worker death Ray gave up on): ``status`` (KILLED) with ``reason``, or FAILED with
+    the trial's own reason when its run name is in ``failed`` (run name -> one-line reason)."""
+    client = MlflowClient(tracking_uri(uri))
+    closed = 0
+    for run in child_runs(parent_run_id, uri, "attributes.status = 'RUNNING'"):
+        own = (failed or {}).get(run.info.run_name)
+        client.set_tag(run.info.run_id, ERROR_TAG, own or reason)
+        client.set_terminated(run.info.run_id, "FAILED" if own else status)
+        closed += 1
+    return closed
 
 
 def child_runs(parent_run_id: str, uri: str | None, extra_filter: str = "") -> list:

@@ -5,9 +5,9 @@ torch excepted: the machine's own build) at a version its lower bound admits, an
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

@@ -87,7 +87,8 @@ def test_killed_trial_resumes_from_its_checkpoint_to_the_clean_result(ray_local,
 
 
 def test_killed_driver_is_restored_with_every_trial_once(tiny_generator_path, tmp_path):
-    """`lagm sweep` in its own process group (its own local Ray), SIGKILLed mid-sweep, then run again."""
+    """`lagm sweep` in its own process group (its own local Ray), SIGKILLed mid-sweep, then run again with
+    --resume (without it, the sweep already there is refused)."""
     path = tiny_sweep(tmp_path, tiny_generator_path, name="drv", steps=9,
                       space={"train.K": {"grid": [1, 2, 3]}}, max_concurrent_trials=1)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -106,7 +107,9 @@ def test_killed_driver_is_restored_with_every_trial_once(tiny_generator_path, tm
     first.wait()
     parent = json.loads((exp / "lagm_sweep.json").read_text())["parent_run_id"]
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    refused = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--resume" in refused.stdout + refused.stderr  # restores only when asked
+    second = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "3 trials (0 failed)" in second.stdout
     kids = children(env["MLFLOW_TRACKING_URI"], parent)

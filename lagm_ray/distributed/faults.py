@@ -1,7 +1,8 @@
-"""Fault drills: a trainer callback that kills its own process once, right after a checkpoint.
+"""Fault drills: trainer callbacks that kill their own process once, right after a checkpoint, or raise.
 
-Tests and operators pass it to a sweep or a Ray Train run (``extra_callbacks``) to see a trial or a
-worker die and come back from its last checkpoint; nothing in the production path knows about it."""
+Tests and operators pass them to a sweep or a Ray Train run (``extra_callbacks``) to see a trial or a
+worker die and come back from its last checkpoint, or a trial fail; nothing in the production path
+knows about them."""
 
 from __future__ import annotations
 
@@ -23,3 +24,17 @@ class KillAfterCheckpoint(Callback):
         if step == self.step and trainer.rank == 0 and not self.marker.exists():
             self.marker.write_text(str(step))
             os._exit(1)
+
+
+class RaiseAtStart(Callback):
+    """Raise ``error`` as a training whose config has ``key`` = ``value`` starts, appending a line to
+    ``attempts`` each time: a deterministic error inside one trial of a sweep, its attempts counted."""
+
+    def __init__(self, error: BaseException, key: str, value: Any, attempts: str | os.PathLike):
+        self.error, self.key, self.value, self.attempts = error, key, value, Path(attempts)
+
+    def on_start(self, trainer: Any) -> None:
+        if trainer.cfg.flat().get(self.key) == self.value:
+            with self.attempts.open("a") as f:
+                f.write(f"{self.key}={self.value}\n")
+            raise self.error

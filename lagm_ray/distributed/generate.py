@@ -27,6 +27,7 @@ from .. import datagen as dg
 from .. import downstream
 from ..annotator_runs import describe_annotator, load_labeller
 from ..storage import code_version
+from .session import start_ray
 
 
 class ShardWriter:
@@ -49,15 +50,10 @@ def _encode(entry: dict[str, Any]) -> str:
     return json.dumps(entry)  # one string column: None means (empty shard stats) survive the trip unchanged
 
 
-def _init_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-
-
 def generate_dataset(annotator: str | os.PathLike | dg.AnnotatorInfo, out: str | os.PathLike, spec: dg.GenerationSpec, *,
                      concurrency: int | None = None, cpus_per_actor: float = 1.0, use_gpu: bool | None = None,
                      on_shard: Callable[[dg.Plan, dict[str, Any]], None] | None = None,
-                     warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     warn: Callable[[str], None] | None = None, verbose: bool = False) -> dict[str, Any]:
     """Generate ``spec`` into ``out`` on the Ray cluster (``$RAY_ADDRESS``, else a local one); returns the
     manifest. ``concurrency`` actors (default: one per GPU when ``use_gpu``, else one per ``cpus_per_actor``
     CPUs of the cluster); ``use_gpu`` None means: when the cluster has GPUs. Each actor runs torch with
@@ -67,7 +63,7 @@ def generate_dataset(annotator: str | os.PathLike | dg.AnnotatorInfo, out: str |
     with dg.plan(out, info, spec, warn=warn) as p:
         run: dict[str, Any] = {"executor": "ray"}
         if p.missing:
-            _init_ray()
+            start_ray(verbose)
             resources = ray.cluster_resources()
             if use_gpu is None:
                 use_gpu = resources.get("GPU", 0) > 0
@@ -112,7 +108,7 @@ def read_dataset(directory: str | os.PathLike, size: int | None = None, mask: st
     """A Ray Dataset of decoded rows {seed, image [3, s, s] float32 in [-1, 1], mask [s, s] int64}, after the
     directory is verified against its manifest on the driver (errors name the file)."""
     ds = dg.open_dataset(directory, class_names, checksums=checksums)
-    _init_ray()
+    start_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     # The files are already listed and verified by the manifest. Ray Data's V2 parquet datasource would

@@ -19,10 +19,11 @@ stay per worker, as with DDP without SyncBatchNorm; rank 0's are the ones evalua
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray.train
 import ray.train.torch
@@ -36,7 +37,7 @@ from ..methods import Config, build_trainer, from_dict
 from ..metrics import drop_per_class
 from ..storage import load_checkpoint, save_checkpoint
 from ..sweep_spec import Resources
-from ..tracking import MLflowCallback
+from ..tracking import FINAL_REPORT_TAG, MLflowCallback
 from ..trainer import Trainer
 from .trial import MLflowRun
 
@@ -70,6 +71,7 @@ class RayReport(Callback):
     def __init__(self, report=None):
         self.pending: dict[str, float] = {}
         self.report = report
+        self.last: dict[str, float] | None = None  # the last report sent
         self.started, self.started_unix = time.perf_counter(), time.time()
 
     def on_start(self, trainer: Trainer) -> None:
@@ -81,14 +83,8 @@ class RayReport(Callback):
     def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None:
         self.pending.update(metrics)
 
-    def on_checkpoint(self, step: int, trainer: Trainer) -> None:
-        report = self.report or ray.train.report
-        state = trainer.state_dict()
-        if dist.is_initialized():
-            per_rank: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(per_rank, state["rng"])
-        else:
-            per_rank = [state["rng"]]
+    def metrics(self, step: int, trainer: Trainer) -> dict[str, float]:
+        """What a report at ``step`` holds: the metrics since the last one and the best so far."""
         metrics = {"step": step, **drop_per_class(self.pending)}
         if trainer.best["step"]:
             metrics["best/val_fg_miou"] = trainer.best["metric"]
@@ -98,6 +94,22 @@ class RayReport(Callback):
             metrics["time/step_mean_s"] = trainer.mean_step_seconds
         metrics["time/fit_elapsed_s"] = time.perf_counter() - self.started  # wall time, reporting included
         metrics["time/fit_started_unix_s"] = self.started_unix  # when this (resumed) fit began: timelines
+        return metrics
+
+    def final(self, trainer: Trainer) -> dict[str, float]:
+        """The training's last report; built from the trainer when this process sent none (it resumed
+        from the checkpoint of the last step, whose report Tune already holds)."""
+        return self.last if self.last is not None else self.metrics(trainer.step, trainer)
+
+    def on_checkpoint(self, step: int, trainer: Trainer) -> None:
+        report = self.report or ray.train.report
+        state = trainer.state_dict()
+        if dist.is_initialized():
+            per_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, state["rng"])
+        else:
+            per_rank = [state["rng"]]
+        metrics = self.last = self.metrics(step, trainer)
         self.pending = {}
         if trainer.rank == 0:
             state["rng_per_rank"] = per_rank
@@ -116,12 +128,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.run.device in ("auto", "cuda") else torch.device(cfg.run.device)
     trainer = build_trainer(cfg, device=device, rank=rank, grad_sync=allreduce_mean)
     resume(trainer, ray.train.get_checkpoint(), ctx.get_world_size())
-    callbacks: list[Callback] = [RayReport(), *loop_config["extra_callbacks"]]
+    ray_report = RayReport()
+    callbacks: list[Callback] = [ray_report, *loop_config["extra_callbacks"]]
     mlflow_run: MLflowRun = loop_config["mlflow"]
     if rank == 0 and cfg.tracking.enabled:
         callbacks.append(MLflowCallback(cfg, run_id=mlflow_run.run_id, run_name=mlflow_run.run_name,
-                                        tags=mlflow_run.tags))
+                                        tags=mlflow_run.tags, end_tags=final_report_tags(ray_report, trainer)))
     trainer.fit(callbacks)
+
+
+def final_report_tags(ray_report: RayReport, trainer: Trainer) -> Callable[[], dict[str, str]]:
+    """MLflowCallback's ``end_tags`` for a training Ray runs: its last report, kept on its run as it
+    ends FINISHED, so that a restored sweep finds the trial finished (tracking.final_report) rather
+    than training it again. Left out if it would not fit in an MLflow tag (8000 characters)."""
+    def tags() -> dict[str, str]:
+        text = json.dumps(ray_report.final(trainer))
+        return {FINAL_REPORT_TAG: text} if len(text) <= 8000 else {}
+    return tags
 
 
 def resume(trainer: Trainer, checkpoint, world_size: int = 1) -> bool:
