@@ -259,7 +259,7 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
              local: bool = typer.Option(False, "--local", help="Generate in this process, without Ray."),
              track: bool = TrackOpt,
              experiment: str = typer.Option("lagm-datasets", "--experiment", help="MLflow experiment.")):
-    """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
+    """Generate a labelled synthetic dataset (parquet shards + .manifest.json) with a learned annotator.
     Re-running the same command after an interruption writes only the missing shards."""
     from .datagen import GenerationSpec
     from .runs import generate_and_log

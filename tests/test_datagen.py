@@ -20,6 +20,7 @@ from conftest import lagm_cli, tiny_overrides
 
 from lagm_ray import datagen as dg
 from lagm_ray.annotator_runs import generate_local, load_labeller
+from lagm_ray.datagen.shards import uint8_to_images
 from lagm_ray.downstream import downstream_from_shards, downstream_metrics
 from lagm_ray.errors import ConfigError
 from lagm_ray.methods import load_config
@@ -130,10 +131,61 @@ def test_the_package_imports_no_trainer_method_or_evaluation():
     assert not [m for m in loaded if set(m.split(".")) & set(banned)], loaded
 
 
-def test_hugging_face_datasets_opens_the_shards(dataset):
-    datasets = pytest.importorskip("datasets")
-    ds = datasets.Dataset.from_parquet([str(p) for p in sorted(dataset.glob("shard-*.parquet"))])
-    assert len(ds) == 10 and ds[3]["seed"] == 3
+# ------------------------------------------------------------------------------------------ other readers
+
+
+def hf_load(directory: Path, cache: Path):
+    """docs/synthetic-datasets.md's line: the directory as written, then the PNG columns cast to Image."""
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=str(directory), cache_dir=str(cache))["train"]
+    return ds.cast_column("image", datasets.Image()).cast_column("label", datasets.Image())
+
+
+def test_hugging_face_datasets_opens_the_directory(dataset, tmp_path):
+    """``load_dataset("parquet", data_dir=DIR)``: only the shards are data files (the manifest is hidden), every
+    row in seed order, and with the documented cast the image decodes to a PIL RGB image and the label to a
+    palette image whose pixels are the class ids: the pure reader's tensors, exactly."""
+    from PIL import Image
+
+    before = sorted(p.name for p in dataset.iterdir())
+    assert dg.MANIFEST in before
+    ds = hf_load(dataset, tmp_path / "hf")
+    assert ds.column_names == [f["name"] for f in manifest(dataset)["schema"]]
+    assert ds["seed"] == list(range(10))
+    images, labels = dg.load_tensors(dataset)
+    truth = dg.load_tensors(dataset, mask="true_mask")[1]
+    for i, row in enumerate(ds):
+        assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB" and row["image"].size == (32, 32)
+        assert torch.equal(uint8_to_images(np.asarray(row["image"])[None])[0], images[i])
+        assert isinstance(row["label"], Image.Image) and row["label"].mode == "P"
+        assert torch.equal(torch.as_tensor(np.asarray(row["label"]).astype(np.int64)), labels[i])
+        assert torch.equal(torch.as_tensor(dg.decode_png(row["true_mask"]).astype(np.int64)), truth[i])
+    assert sorted(p.name for p in dataset.iterdir()) == before  # nothing written into the directory
+
+
+def test_a_directory_with_the_old_manifest_name_opens_and_resumes(dataset, tiny_run, tmp_path):
+    """Directories written before the manifest was hidden hold ``_manifest.json``: they open as before (errors
+    name that file), and a re-run resumes them, renaming the manifest, after which Hugging Face opens them."""
+    out = copy(dataset, tmp_path)
+    (out / dg.MANIFEST).rename(out / dg.LEGACY_MANIFEST)
+    assert dg.LEGACY_MANIFEST == "_manifest.json" and dg.manifest_path(out) == out / "_manifest.json"
+    ds = dg.open_dataset(out)
+    assert ds.rows == 10 and ds.manifest_path == out / "_manifest.json"
+    expected = dg.load_tensors(dataset)
+    assert all(torch.equal(a, b) for a, b in zip(dg.load_tensors(out), expected))
+    with pytest.raises(dg.DatasetError, match=re.escape(str(out / "_manifest.json")) + ": the dataset has 8 classes"):
+        dg.open_dataset(out, class_names=5)
+    with pytest.raises(dg.SettingsMismatch, match=re.escape(str(out / "_manifest.json")) + ": .* different settings"):
+        generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
+    assert (out / dg.LEGACY_MANIFEST).exists() and not (out / dg.MANIFEST).exists()  # refused: left as it was
+
+    (out / "shard-00001.parquet").unlink()
+    m = generate_local(tiny_run[0], out, SPEC)
+    assert m["last_run"]["shards_written"] == 1 and m["last_run"]["shards_reused"] == 2
+    assert (out / dg.MANIFEST).exists() and not (out / dg.LEGACY_MANIFEST).exists()
+    assert shas(out) == shas(dataset) and dg.open_dataset(out).rows == 10
+    assert hf_load(out, tmp_path / "hf")["seed"] == list(range(10))
 
 
 # ------------------------------------------------------------------------------------------ determinism
@@ -162,7 +214,7 @@ def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tm
     assert a["seed"].tolist() == b["seed"].tolist()
     agree = np.mean([np.mean(dg.decode_png(x) == dg.decode_png(y)) for x, y in zip(a["label"], b["label"])])
     assert agree > 0.99
-    with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json.*batch_size: 3 there, 4 now"):
+    with pytest.raises(dg.SettingsMismatch, match=r"\.manifest\.json.*batch_size: 3 there, 4 now"):
         generate_local(tiny_run[0], dataset, other)
 
 
@@ -238,7 +290,7 @@ def test_killed_run_resumes(tmp_path):
     written = sorted(p.name for p in out.glob("shard-*.parquet"))
     assert 1 <= len(written) < 24, "the run finished before it could be killed"
     assert manifest(out)["status"] == "incomplete"
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: generation did not finish"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: generation did not finish"):
         dg.open_dataset(out)
     before = {n: (out / n).stat().st_mtime_ns for n in written}
 
@@ -313,7 +365,7 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
 
     shard1.write_bytes((dataset / shard1.name).read_bytes())
     shard2.write_bytes(shard2.read_bytes()[:-100])
-    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: \d+ bytes, but .*_manifest\.json records"):
+    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: \d+ bytes, but .*/\.manifest\.json records"):
         dg.open_dataset(out)
     with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: unreadable"):
         dg.read_shard(shard2)
@@ -328,23 +380,23 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
     assert len(warnings) == 1 and "shard-00001.parquet" in warnings[0]
     assert m["last_run"]["shards_replaced"] == ["shard-00001.parquet"] and shas(out) == shas(dataset)
 
-    with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json: .* different settings .*num_images: 10 there"):
+    with pytest.raises(dg.SettingsMismatch, match=r"\.manifest\.json: .* different settings .*num_images: 10 there"):
         generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .* expects 5 classes"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: the dataset has 8 classes .* expects 5 classes"):
         dg.open_dataset(out, class_names=5)
     car = tiny_run[1].replace({"data.category": "car"})
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
         downstream_from_shards(out, car)
 
     m = manifest(out)
     m["status"] = "incomplete"
     (out / dg.MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: generation did not finish"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: generation did not finish"):
         dg.open_dataset(out)
     (out / dg.MANIFEST).write_text("{not json")
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: unreadable manifest"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: unreadable manifest"):
         dg.open_dataset(out)
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: no dataset manifest"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: no dataset manifest"):
         dg.open_dataset(tmp_path)
 
 
@@ -453,7 +505,7 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
     shown = f"{100 * from_shards['downstream/test/fg_miou']:.2f}"
     assert shown in r.stdout
     r = lagm_cli(["downstream", dataset, "--set", "data.category=car"])
-    assert r.returncode == 2 and "_manifest.json: the dataset has 8 classes" in r.stderr
+    assert r.returncode == 2 and ".manifest.json: the dataset has 8 classes" in r.stderr
 
 
 @pytest.mark.ray
@@ -473,5 +525,5 @@ def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
     images, labels = dg.load_tensors(dataset, cfg.data.seg_resolution)
     assert torch.equal(images, fed[0][0]) and torch.equal(labels, fed[0][1])
     assert images.stride() == fed[0][0].stride()  # the memory layout changes a trained segmentor too
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: the dataset has 8 classes"):
         rdg.read_dataset(dataset, class_names=6)
