@@ -19,7 +19,7 @@ import torch
 from conftest import lagm_cli, tiny_overrides
 
 from lagm_ray import datagen as dg
-from lagm_ray.annotator_runs import generate_local, load_labeller
+from lagm_ray.annotator_runs import describe_annotator, generate_local, load_labeller
 from lagm_ray.datagen.shards import uint8_to_images
 from lagm_ray.downstream import downstream_from_shards, downstream_metrics
 from lagm_ray.errors import ConfigError
@@ -57,6 +57,13 @@ def manifest(directory: Path) -> dict:
 
 def shas(directory: Path) -> list[str]:
     return [s["sha256"] for s in manifest(directory)["shards"]]
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+SHARDS = ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
 
 
 def copy(dataset: Path, tmp_path: Path) -> Path:
@@ -243,9 +250,57 @@ def test_cli_on_ray_writes_the_same_shards_and_logs_to_mlflow(ray_local, dataset
     assert run.data.params["generate.num_images"] == "10" and run.data.params["run.executor"] == "ray"
     assert run.data.metrics["rows"] == 10 and run.data.metrics["run/images_per_s"] > 0
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {dg.MANIFEST, "samples.png"}
+    assert listing(out) == [dg.MANIFEST, *SHARDS]  # no lock file, no temp file left behind
 
 
 # ------------------------------------------------------------------------------------------ resume
+
+
+def test_a_finished_or_refused_run_leaves_no_lock_file(dataset, tiny_run, tmp_path):
+    assert listing(dataset) == [".manifest.json", *SHARDS]
+    out = copy(dataset, tmp_path)
+    generate_local(tiny_run[0], out, SPEC)  # a re-run that finds everything done
+    assert listing(out) == [".manifest.json", *SHARDS]
+    with pytest.raises(dg.SettingsMismatch):
+        generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
+    assert listing(out) == [".manifest.json", *SHARDS]
+
+
+def test_two_generators_on_one_directory_are_refused(tiny_run, tmp_path, monkeypatch):
+    """The second writer is refused while the first holds ``.lock``, and may start once the first is done
+    (and has removed the file). A writer that opened the file just before the holder removed it does not
+    take the lock on the removed file: it locks the current one, here held by a third writer, so is refused."""
+    import fcntl
+
+    from lagm_ray.datagen import manifest as dm
+
+    info = describe_annotator(tiny_run[0], SPEC.truncation_psi)
+    out = tmp_path / "ds"
+    lock = out / dm.LOCK
+    with dg.plan(out, info, SPEC):
+        assert lock.exists()
+        with pytest.raises(dg.DatasetError, match=re.escape(f"{lock}: another `lagm generate` is writing to {out}")):
+            dg.plan(out, info, SPEC)
+    assert not lock.exists()
+    with dg.plan(out, info, SPEC):
+        pass
+    assert not lock.exists()
+
+    real_flock, third = fcntl.flock, []
+
+    def holder_finishes_then_a_third_locks(f, op):
+        if not third:  # between our open() and our flock(): the holder removes the file; a third writer takes it
+            lock.unlink()
+            third.append(open(lock, "a"))
+            real_flock(third[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return real_flock(f, op)
+
+    monkeypatch.setattr(dm.fcntl, "flock", holder_finishes_then_a_third_locks)
+    with pytest.raises(dg.DatasetError, match="another `lagm generate` is writing"):
+        dg.plan(out, info, SPEC)
+    monkeypatch.undo()
+    assert lock.exists()  # the third writer's file, untouched
+    third[0].close()
 
 
 def test_rerun_writes_only_the_missing_shard(dataset, tiny_run, tmp_path):

@@ -3,7 +3,7 @@ A dataset directory holds::
 
     DIR/.manifest.json        identity, schema, class names, shards with row counts and sha256, filtering
     DIR/shard-00000.parquet   the rows of seeds [seed, seed + shard_size), then the next shard_size seeds ...
-    DIR/.lock                 held (flock) by the one process writing to DIR
+    DIR/.lock                 held (flock) by the one process writing to DIR; removed when it is done
 
 Only the shards are visible: Hugging Face ``datasets`` (``load_dataset("parquet", data_dir=DIR)``) reads
 every file of a directory except hidden ones, and pyarrow, pandas and Ray Data skip names starting with a
@@ -169,7 +169,7 @@ class Plan:
 
     def close(self) -> None:
         if self._lock is not None:
-            self._lock.close()  # releases the flock
+            _unlock_directory(self._lock)
             self._lock = None
 
     def __enter__(self) -> "Plan":
@@ -186,13 +186,31 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def _lock_directory(out: Path):
-    f = open(out / LOCK, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An exclusive flock on ``out/.lock``, or DatasetError if another process holds it. The holder removes the
+    file when it is done (:func:`_unlock_directory`), so a lock taken on a file that has meanwhile been removed
+    (opened just before its holder finished) is no lock: it is dropped and the current file locked instead."""
+    path = out / LOCK
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise DatasetError(f"{path}: another `lagm generate` is writing to {out}") from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(f.fileno())
+        if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+            return f
         f.close()
-        raise DatasetError(f"{out / LOCK}: another `lagm generate` is writing to {out}") from None
-    return f
+
+
+def _unlock_directory(f) -> None:
+    """Remove the lock file while still holding it (nobody else can hold it then), then release it."""
+    Path(f.name).unlink(missing_ok=True)
+    f.close()
 
 
 def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
@@ -249,5 +267,5 @@ def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
         return Plan(out=out, info=info, spec=spec, manifest=manifest, done=done, missing=missing,
                     replaced=replaced, _lock=lock)
     except BaseException:
-        lock.close()
+        _unlock_directory(lock)
         raise
