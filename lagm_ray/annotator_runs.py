@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from .datagen import (
-    MANIFEST,
     AnnotatorInfo,
     DatasetError,
     GenerationSpec,
@@ -119,4 +118,4 @@ def downstream_config(dataset: ShardDataset, config=None):
     if config is not None:
         return config
     return from_dict(dataset.manifest["annotator"]["config"],
-                     source=f"{dataset.directory / MANIFEST} (annotator config)")
+                     source=f"{dataset.manifest_path} (annotator config)")

@@ -273,7 +273,7 @@ def generate(annotator: Path = typer.Option(..., "--annotator",
              track: bool = TrackOpt,
              experiment: str = typer.Option("lagm-datasets", "--experiment", help="MLflow experiment."),
              verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines in the terminal.")):
-    """Generate a labelled synthetic dataset (parquet shards + _manifest.json) with a learned annotator.
+    """Generate a labelled synthetic dataset (parquet shards + .manifest.json) with a learned annotator.
     Re-running the same command after an interruption writes only the missing shards."""
     from .datagen import GenerationSpec
     from .runs import generate_and_log

@@ -17,7 +17,7 @@ from torch import nn
 from .config import resolve_device
 from .data.datasets import LabelledSplits, load_labelled_splits, resize_labels
 from .data.toyworld import get_category
-from .datagen import MANIFEST, ShardDataset, check_classes, load_tensors, open_dataset
+from .datagen import ShardDataset, check_classes, load_tensors, open_dataset
 from .evaluation import annotator_labels, segmentor_confusion
 from .metrics import drop_per_class, summarize
 from .models.segmentors import build_segmentor, load_torchvision_weights
@@ -107,7 +107,7 @@ def downstream_from_shards(directory: str | os.PathLike, config,
     annotator run's)."""
     ds = open_dataset(directory)
     cfg = config
-    check_classes(ds.directory / MANIFEST, ds.class_names, _config_classes(cfg),
+    check_classes(ds.manifest_path, ds.class_names, _config_classes(cfg),
                   f"the config (data.category {cfg.data.category!r})")
     size = cfg.data.seg_resolution or cfg.data.resolution
     images, labels = (reader or load_tensors)(ds, size)

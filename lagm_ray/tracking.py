@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .callbacks import Callback, TrainResult, is_interruption
-from .datagen import MANIFEST
+from .datagen import manifest_path
 from .methods import Config
 from .storage import atomic_write_text, code_version
 
@@ -85,7 +85,7 @@ def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experi
                    **{f"run/{k}": last.get(k) for k in ("images_per_s", "seconds", "shards_written", "shards_reused",
                                                         "worker_peak_rss_mb", "driver_peak_rss_mb")}}
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-        mlflow.log_artifact(str(out / MANIFEST))
+        mlflow.log_artifact(str(manifest_path(out)))
         if grid is not None:
             mlflow.log_image(grid, artifact_file="samples.png")
     return run.info.run_id

@@ -19,7 +19,8 @@ import torch
 from conftest import lagm_cli, tiny_overrides
 
 from lagm_ray import datagen as dg
-from lagm_ray.annotator_runs import generate_local, load_labeller
+from lagm_ray.annotator_runs import describe_annotator, generate_local, load_labeller
+from lagm_ray.datagen.shards import uint8_to_images
 from lagm_ray.downstream import downstream_from_shards, downstream_metrics
 from lagm_ray.errors import ConfigError
 from lagm_ray.methods import load_config
@@ -56,6 +57,13 @@ def manifest(directory: Path) -> dict:
 
 def shas(directory: Path) -> list[str]:
     return [s["sha256"] for s in manifest(directory)["shards"]]
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+SHARDS = ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
 
 
 def copy(dataset: Path, tmp_path: Path) -> Path:
@@ -130,10 +138,86 @@ def test_the_package_imports_no_trainer_method_or_evaluation():
     assert not [m for m in loaded if set(m.split(".")) & set(banned)], loaded
 
 
-def test_hugging_face_datasets_opens_the_shards(dataset):
-    datasets = pytest.importorskip("datasets")
-    ds = datasets.Dataset.from_parquet([str(p) for p in sorted(dataset.glob("shard-*.parquet"))])
-    assert len(ds) == 10 and ds[3]["seed"] == 3
+# ------------------------------------------------------------------------------------------ other readers
+
+
+def hf_load(directory: Path, cache: Path):
+    """docs/synthetic-datasets.md's line: the directory as written, then the PNG columns cast to Image."""
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=str(directory), cache_dir=str(cache))["train"]
+    return ds.cast_column("image", datasets.Image()).cast_column("label", datasets.Image())
+
+
+def test_hugging_face_datasets_opens_the_directory(dataset, tmp_path):
+    """``load_dataset("parquet", data_dir=DIR)``: only the shards are data files (the manifest is hidden), every
+    row in seed order, and with the documented cast the image decodes to a PIL RGB image and the label to a
+    palette image whose pixels are the class ids: the pure reader's tensors, exactly."""
+    from PIL import Image
+
+    before = sorted(p.name for p in dataset.iterdir())
+    assert dg.MANIFEST in before
+    ds = hf_load(dataset, tmp_path / "hf")
+    assert ds.column_names == [f["name"] for f in manifest(dataset)["schema"]]
+    assert ds["seed"] == list(range(10))
+    images, labels = dg.load_tensors(dataset)
+    truth = dg.load_tensors(dataset, mask="true_mask")[1]
+    for i, row in enumerate(ds):
+        assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB" and row["image"].size == (32, 32)
+        assert torch.equal(uint8_to_images(np.array(row["image"])[None])[0], images[i])
+        assert isinstance(row["label"], Image.Image) and row["label"].mode == "P"
+        assert torch.equal(torch.as_tensor(np.asarray(row["label"]).astype(np.int64)), labels[i])
+        assert torch.equal(torch.as_tensor(dg.decode_png(row["true_mask"]).astype(np.int64)), truth[i])
+    assert sorted(p.name for p in dataset.iterdir()) == before  # nothing written into the directory
+
+
+def shard_columns(directory: Path) -> dict[str, list]:
+    """Every column of the shards, in seed order, as the pure reader reads them (page checksums verified)."""
+    return {c: sum((dg.read_shard(directory / f).column(c).to_pylist() for f in SHARDS), [])
+            for c in dg.read_shard(directory / SHARDS[0]).column_names}
+
+
+def test_pandas_opens_the_directory(dataset):
+    df = pd.read_parquet(dataset)
+    assert {c: df[c].tolist() for c in df.columns} == shard_columns(dataset)
+
+
+def test_pyarrow_dataset_opens_the_directory(dataset):
+    import pyarrow.dataset as pds
+
+    ds = pds.dataset(dataset)
+    assert ds.files == [str(dataset / f) for f in SHARDS]  # neither the manifest nor anything else
+    assert ds.to_table().sort_by("seed").to_pydict() == shard_columns(dataset)
+
+
+@pytest.mark.ray
+def test_ray_data_opens_the_directory(ray_local, dataset):
+    df = ray_local.data.read_parquet(str(dataset)).to_pandas().sort_values("seed")
+    assert {c: df[c].tolist() for c in df.columns} == shard_columns(dataset)
+
+
+def test_a_directory_with_the_old_manifest_name_opens_and_resumes(dataset, tiny_run, tmp_path):
+    """Directories written before the manifest was hidden hold ``_manifest.json``: they open as before (errors
+    name that file), and a re-run resumes them, renaming the manifest, after which Hugging Face opens them."""
+    out = copy(dataset, tmp_path)
+    (out / dg.MANIFEST).rename(out / dg.LEGACY_MANIFEST)
+    assert dg.LEGACY_MANIFEST == "_manifest.json" and dg.manifest_path(out) == out / "_manifest.json"
+    ds = dg.open_dataset(out)
+    assert ds.rows == 10 and ds.manifest_path == out / "_manifest.json"
+    expected = dg.load_tensors(dataset)
+    assert all(torch.equal(a, b) for a, b in zip(dg.load_tensors(out), expected))
+    with pytest.raises(dg.DatasetError, match=re.escape(str(out / "_manifest.json")) + ": the dataset has 8 classes"):
+        dg.open_dataset(out, class_names=5)
+    with pytest.raises(dg.SettingsMismatch, match=re.escape(str(out / "_manifest.json")) + ": .* different settings"):
+        generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
+    assert (out / dg.LEGACY_MANIFEST).exists() and not (out / dg.MANIFEST).exists()  # refused: left as it was
+
+    (out / "shard-00001.parquet").unlink()
+    m = generate_local(tiny_run[0], out, SPEC)
+    assert m["last_run"]["shards_written"] == 1 and m["last_run"]["shards_reused"] == 2
+    assert (out / dg.MANIFEST).exists() and not (out / dg.LEGACY_MANIFEST).exists()
+    assert shas(out) == shas(dataset) and dg.open_dataset(out).rows == 10
+    assert hf_load(out, tmp_path / "hf")["seed"] == list(range(10))
 
 
 # ------------------------------------------------------------------------------------------ determinism
@@ -162,7 +246,7 @@ def test_same_command_same_rows_and_batch_size_is_identity(dataset, tiny_run, tm
     assert a["seed"].tolist() == b["seed"].tolist()
     agree = np.mean([np.mean(dg.decode_png(x) == dg.decode_png(y)) for x, y in zip(a["label"], b["label"])])
     assert agree > 0.99
-    with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json.*batch_size: 3 there, 4 now"):
+    with pytest.raises(dg.SettingsMismatch, match=r"\.manifest\.json.*batch_size: 3 there, 4 now"):
         generate_local(tiny_run[0], dataset, other)
 
 
@@ -191,9 +275,57 @@ def test_cli_on_ray_writes_the_same_shards_and_logs_to_mlflow(ray_local, dataset
     assert run.data.params["generate.num_images"] == "10" and run.data.params["run.executor"] == "ray"
     assert run.data.metrics["rows"] == 10 and run.data.metrics["run/images_per_s"] > 0
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {dg.MANIFEST, "samples.png"}
+    assert listing(out) == [dg.MANIFEST, *SHARDS]  # no lock file, no temp file left behind
 
 
 # ------------------------------------------------------------------------------------------ resume
+
+
+def test_a_finished_or_refused_run_leaves_no_lock_file(dataset, tiny_run, tmp_path):
+    assert listing(dataset) == [".manifest.json", *SHARDS]
+    out = copy(dataset, tmp_path)
+    generate_local(tiny_run[0], out, SPEC)  # a re-run that finds everything done
+    assert listing(out) == [".manifest.json", *SHARDS]
+    with pytest.raises(dg.SettingsMismatch):
+        generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
+    assert listing(out) == [".manifest.json", *SHARDS]
+
+
+def test_two_generators_on_one_directory_are_refused(tiny_run, tmp_path, monkeypatch):
+    """The second writer is refused while the first holds ``.lock``, and may start once the first is done
+    (and has removed the file). A writer that opened the file just before the holder removed it does not
+    take the lock on the removed file: it locks the current one, here held by a third writer, so is refused."""
+    import fcntl
+
+    from lagm_ray.datagen import manifest as dm
+
+    info = describe_annotator(tiny_run[0], SPEC.truncation_psi)
+    out = tmp_path / "ds"
+    lock = out / dm.LOCK
+    with dg.plan(out, info, SPEC):
+        assert lock.exists()
+        with pytest.raises(dg.DatasetError, match=re.escape(f"{lock}: another `lagm generate` is writing to {out}")):
+            dg.plan(out, info, SPEC)
+    assert not lock.exists()
+    with dg.plan(out, info, SPEC):
+        pass
+    assert not lock.exists()
+
+    real_flock, third = fcntl.flock, []
+
+    def holder_finishes_then_a_third_locks(f, op):
+        if not third:  # between our open() and our flock(): the holder removes the file; a third writer takes it
+            lock.unlink()
+            third.append(open(lock, "a"))
+            real_flock(third[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return real_flock(f, op)
+
+    monkeypatch.setattr(dm.fcntl, "flock", holder_finishes_then_a_third_locks)
+    with pytest.raises(dg.DatasetError, match="another `lagm generate` is writing"):
+        dg.plan(out, info, SPEC)
+    monkeypatch.undo()
+    assert lock.exists()  # the third writer's file, untouched
+    third[0].close()
 
 
 def test_rerun_writes_only_the_missing_shard(dataset, tiny_run, tmp_path):
@@ -238,7 +370,7 @@ def test_killed_run_resumes(tmp_path):
     written = sorted(p.name for p in out.glob("shard-*.parquet"))
     assert 1 <= len(written) < 24, "the run finished before it could be killed"
     assert manifest(out)["status"] == "incomplete"
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: generation did not finish"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: generation did not finish"):
         dg.open_dataset(out)
     before = {n: (out / n).stat().st_mtime_ns for n in written}
 
@@ -313,7 +445,7 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
 
     shard1.write_bytes((dataset / shard1.name).read_bytes())
     shard2.write_bytes(shard2.read_bytes()[:-100])
-    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: \d+ bytes, but .*_manifest\.json records"):
+    with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: \d+ bytes, but .*/\.manifest\.json records"):
         dg.open_dataset(out)
     with pytest.raises(dg.DatasetError, match=r"shard-00002\.parquet: unreadable"):
         dg.read_shard(shard2)
@@ -328,23 +460,23 @@ def test_errors_name_the_file(dataset, tiny_run, tmp_path):
     assert len(warnings) == 1 and "shard-00001.parquet" in warnings[0]
     assert m["last_run"]["shards_replaced"] == ["shard-00001.parquet"] and shas(out) == shas(dataset)
 
-    with pytest.raises(dg.SettingsMismatch, match=r"_manifest\.json: .* different settings .*num_images: 10 there"):
+    with pytest.raises(dg.SettingsMismatch, match=r"\.manifest\.json: .* different settings .*num_images: 10 there"):
         generate_local(tiny_run[0], out, dg.GenerationSpec(num_images=12, shard_size=4, batch_size=3))
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .* expects 5 classes"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: the dataset has 8 classes .* expects 5 classes"):
         dg.open_dataset(out, class_names=5)
     car = tiny_run[1].replace({"data.category": "car"})
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: the dataset has 8 classes .*data\.category 'car'"):
         downstream_from_shards(out, car)
 
     m = manifest(out)
     m["status"] = "incomplete"
     (out / dg.MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: generation did not finish"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: generation did not finish"):
         dg.open_dataset(out)
     (out / dg.MANIFEST).write_text("{not json")
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: unreadable manifest"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: unreadable manifest"):
         dg.open_dataset(out)
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: no dataset manifest"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: no dataset manifest"):
         dg.open_dataset(tmp_path)
 
 
@@ -453,7 +585,7 @@ def test_downstream_from_shards_equals_in_memory(dataset, tiny_run):
     shown = f"{100 * from_shards['downstream/test/fg_miou']:.2f}"
     assert shown in r.stdout
     r = lagm_cli(["downstream", dataset, "--set", "data.category=car"])
-    assert r.returncode == 2 and "_manifest.json: the dataset has 8 classes" in r.stderr
+    assert r.returncode == 2 and ".manifest.json: the dataset has 8 classes" in r.stderr
 
 
 @pytest.mark.ray
@@ -473,5 +605,5 @@ def test_ray_data_reader_feeds_the_same_tensors(ray_local, dataset, tiny_run):
     images, labels = dg.load_tensors(dataset, cfg.data.seg_resolution)
     assert torch.equal(images, fed[0][0]) and torch.equal(labels, fed[0][1])
     assert images.stride() == fed[0][0].stride()  # the memory layout changes a trained segmentor too
-    with pytest.raises(dg.DatasetError, match=r"_manifest\.json: the dataset has 8 classes"):
+    with pytest.raises(dg.DatasetError, match=r"\.manifest\.json: the dataset has 8 classes"):
         rdg.read_dataset(dataset, class_names=6)

@@ -8,7 +8,8 @@ handed to the :class:`Labeller`.
     spec.py      what determines the rows (a dataset's identity): GenerationSpec, AnnotatorInfo
     label.py     the labeller: seeds -> generated images, annotator labels, confidence and entropy
     shards.py    rows as parquet: PNG encoding, the schema, one shard generated, written and checked
-    manifest.py  the directory: manifest, lock, and the plan of a (resumed) run
+    manifest.py  the directory: manifest (hidden, so every parquet reader sees only shards), lock, and the
+                 plan of a (resumed) run
     reader.py    reading back: the directory verified, rows as tensors, a picture of a few
 """
 
@@ -19,7 +20,7 @@ from .label import (
     generate_samples,
     labelling_source,
 )
-from .manifest import MANIFEST, Plan, plan
+from .manifest import LEGACY_MANIFEST, MANIFEST, Plan, manifest_path, plan
 from .reader import (
     ShardDataset,
     check_classes,
@@ -46,8 +47,8 @@ from .spec import (
 )
 
 __all__ = [
-    "MANIFEST", "META_KEY", "AnnotatorInfo", "DatasetError", "GenerationSpec", "Labeller", "Plan", "Samples",
+    "LEGACY_MANIFEST", "MANIFEST", "META_KEY", "AnnotatorInfo", "DatasetError", "GenerationSpec", "Labeller", "Plan", "Samples",
     "SettingsMismatch", "ShardDataset", "check_classes", "check_labels", "check_same_file", "check_workers",
     "decode_images", "decode_masks", "decode_png", "generate_samples", "labelling_source", "load_tensors",
-    "open_dataset", "plan", "produce_shard", "read_shard", "sample_grid", "training_pair",
+    "manifest_path", "open_dataset", "plan", "produce_shard", "read_shard", "sample_grid", "training_pair",
 ]

@@ -1,12 +1,14 @@
 """A dataset directory: its manifest, its lock, and the plan of a (re-)run: which shards to keep, which to write.
 A dataset directory holds::
 
-    DIR/_manifest.json        identity, schema, class names, shards with row counts and sha256, filtering
+    DIR/.manifest.json        identity, schema, class names, shards with row counts and sha256, filtering
     DIR/shard-00000.parquet   the rows of seeds [seed, seed + shard_size), then the next shard_size seeds ...
-    DIR/.lock                 held (flock) by the one process writing to DIR
+    DIR/.lock                 held (flock) by the one process writing to DIR; removed when it is done
 
-The manifest's leading underscore (and the lock's dot) make pyarrow and pandas skip them, so
-``pandas.read_parquet(DIR)`` reads the shards as they are.
+Only the shards are visible: Hugging Face ``datasets`` (``load_dataset("parquet", data_dir=DIR)``) reads
+every file of a directory except hidden ones, and pyarrow, pandas and Ray Data skip names starting with a
+dot or an underscore. Directories written before the manifest was hidden hold ``_manifest.json``
+(``LEGACY_MANIFEST``): they still open and resume, and the next ``lagm generate`` into one renames it.
 
 Safety. A shard is written under a temporary name and renamed (never half-written); the manifest is
 written when generation starts (``status: incomplete``, so a different command into the same directory is
@@ -45,8 +47,18 @@ from .spec import (
     identity_diff,
 )
 
-MANIFEST = "_manifest.json"
+MANIFEST = ".manifest.json"
+LEGACY_MANIFEST = "_manifest.json"  # before the manifest was hidden from Hugging Face datasets
 LOCK = ".lock"
+
+
+def manifest_path(directory: str | os.PathLike) -> Path:
+    """The manifest of ``directory``: ``.manifest.json``, else an older directory's ``_manifest.json``, else
+    (neither exists) where a manifest would be written."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).exists() and (directory / LEGACY_MANIFEST).exists():
+        return directory / LEGACY_MANIFEST
+    return directory / MANIFEST
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -157,7 +169,7 @@ class Plan:
 
     def close(self) -> None:
         if self._lock is not None:
-            self._lock.close()  # releases the flock
+            _unlock_directory(self._lock)
             self._lock = None
 
     def __enter__(self) -> "Plan":
@@ -168,17 +180,37 @@ class Plan:
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Write ``out/.manifest.json``; an older directory's ``_manifest.json`` goes once the new one is written."""
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (out / LEGACY_MANIFEST).unlink(missing_ok=True)
 
 
 def _lock_directory(out: Path):
-    f = open(out / LOCK, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An exclusive flock on ``out/.lock``, or DatasetError if another process holds it. The holder removes the
+    file when it is done (:func:`_unlock_directory`), so a lock taken on a file that has meanwhile been removed
+    (opened just before its holder finished) is no lock: it is dropped and the current file locked instead."""
+    path = out / LOCK
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise DatasetError(f"{path}: another `lagm generate` is writing to {out}") from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(f.fileno())
+        if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+            return f
         f.close()
-        raise DatasetError(f"{out / LOCK}: another `lagm generate` is writing to {out}") from None
-    return f
+
+
+def _unlock_directory(f) -> None:
+    """Remove the lock file while still holding it (nobody else can hold it then), then release it."""
+    Path(f.name).unlink(missing_ok=True)
+    f.close()
 
 
 def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
@@ -191,13 +223,13 @@ def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
     try:
         spec = spec.resolved(info.truncation_psi)
         ident = identity(info, spec)
-        mpath = out / MANIFEST
+        mpath = manifest_path(out)
         old = read_manifest(mpath) if mpath.exists() else None
         if old is not None and old.get("identity") != ident:
             raise SettingsMismatch(f"{mpath}: {out} already holds a dataset generated with different "
                                    f"settings ({identity_diff(old.get('identity') or {}, ident)}); use another output "
                                    "directory, or repeat the original arguments to resume it")
-        for tmp in list(out.glob(f".{SHARD_GLOB}.tmp-*")) + list(out.glob(f".{MANIFEST}.tmp-*")):
+        for tmp in [p for name in (SHARD_GLOB, MANIFEST, LEGACY_MANIFEST) for p in out.glob(f".{name}.tmp-*")]:
             tmp.unlink(missing_ok=True)  # a killed writer's leftovers: we hold the lock, nobody else writes
         recorded = {s["file"]: s for s in (old or {}).get("shards", [])}
         done, missing, replaced = {}, [], []
@@ -235,5 +267,5 @@ def plan(out: str | os.PathLike, info: AnnotatorInfo, spec: GenerationSpec,
         return Plan(out=out, info=info, spec=spec, manifest=manifest, done=done, missing=missing,
                     replaced=replaced, _lock=lock)
     except BaseException:
-        lock.close()
+        _unlock_directory(lock)
         raise

@@ -16,7 +16,7 @@ from ..storage import sha256_file
 from ..synthetic import to_size
 from ..viz import colorize, labelled_grid, to_uint8_image
 from .label import Samples
-from .manifest import MANIFEST, check_counts, read_manifest
+from .manifest import check_counts, manifest_path, read_manifest
 from .shards import (
     decode_images,
     decode_masks,
@@ -50,6 +50,10 @@ class ShardDataset:
         return int(self.manifest["rows"])
 
     @property
+    def manifest_path(self) -> Path:
+        return manifest_path(self.directory)
+
+    @property
     def has_true_masks(self) -> bool:
         return any(f["name"] == "true_mask" for f in self.manifest["schema"])
 
@@ -73,7 +77,7 @@ def open_dataset(directory: str | os.PathLike, class_names: Sequence[str] | int 
     in its shard's footer, and, when given, the class names (or count) a segmentor expects. Errors name the
     offending file."""
     directory = Path(directory)
-    mpath = directory / MANIFEST
+    mpath = manifest_path(directory)
     if not mpath.is_file():
         raise DatasetError(f"{mpath}: no dataset manifest (is {directory} a `lagm generate` output directory?)")
     manifest = read_manifest(mpath)
@@ -126,7 +130,7 @@ def load_tensors(dataset: ShardDataset | str | os.PathLike, size: int | None = N
         check_labels(m, ds.num_classes, path)
         masks.append(m)
     if not images:
-        raise DatasetError(f"{ds.directory / MANIFEST}: the dataset holds no rows (all filtered?)")
+        raise DatasetError(f"{ds.manifest_path}: the dataset holds no rows (all filtered?)")
     return torch.cat(images), torch.cat(masks)
 
 

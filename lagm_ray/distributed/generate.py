@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -138,7 +137,7 @@ def load_tensors(dataset: dg.ShardDataset | str | os.PathLike, size: int | None 
         images.append(b["image"])
         masks.append(b["mask"])
     if not seeds:
-        raise dg.DatasetError(f"{Path(directory) / dg.MANIFEST}: the dataset holds no rows (all filtered?)")
+        raise dg.DatasetError(f"{dg.manifest_path(directory)}: the dataset holds no rows (all filtered?)")
     order = torch.cat(seeds).argsort()  # blocks arrive in completion order; seed order is the dataset's
     return torch.cat(images)[order], torch.cat(masks)[order]
 
