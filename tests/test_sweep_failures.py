@@ -59,6 +59,22 @@ def test_a_deterministic_error_fails_its_trial_once_and_says_why(ray_local, tiny
     assert p.info.status == "FAILED" and "1 of 2 trials failed" in p.data.tags["lagm.error"]
 
 
+def test_a_deterministic_error_in_a_multi_worker_trial_is_not_retried_either(ray_local, tiny_generator_path,
+                                                                             tmp_path):
+    """Two Ray Train workers per trial: the error reaches the trial wrapped in Train's WorkerGroupError; Train
+    itself retries nothing (max_failures=0 inside a sweep) and Tune's NoRetry sees through the wrapper."""
+    path = tiny_sweep(tmp_path, tiny_generator_path, name="det2", space={"train.K": {"grid": [2]}}, max_failures=2,
+                      resources={"workers": 2, "cpus_per_worker": 0.5})
+    attempts = tmp_path / "attempts"
+    drill = RaiseAtStart(ConfigError("train.K: 2 is refused by this drill"), "train.K", 2, attempts)
+    args = argparse.Namespace(storage_path=str(tmp_path / "ray"), resume=False)
+    results, parent = sweep_command.run(load_sweep(path), args, extra_callbacks=[drill])
+    assert attempts.read_text().splitlines() == ["train.K=2"] * 2  # each worker once: one attempt
+    (error,) = [r.error for r in results if r.error is not None]
+    assert is_deterministic(error) and sweep_command.exit_status(results) == 1
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent).info.status == "FAILED"
+
+
 def test_a_driver_that_raises_closes_the_parent_failed(ray_local, tiny_generator_path, tmp_path):
     spec = load_sweep(tiny_sweep(tmp_path, tiny_generator_path, name="raises", space={"train.K": {"grid": [1]}}))
     spec.metric = "no/such_metric"  # Tune raises in the driver at the trial's first report

@@ -154,8 +154,11 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     try:
         cfg = ctx.trial_config(params, trial_id)
         if ctx.resources.workers > 1:
+            # Train retries every worker error and takes no filter, so it retries none here: Tune does, by
+            # running this trial again, which resumes the Train run from its last checkpoint (ray_fit's
+            # resume); a deterministic error is then not retried at all (NoRetry), as in 1-worker trials.
             ray_fit(cfg, ctx.resources, storage_path=ctx.storage_path, name=f"{ctx.sweep}-train-{trial_id}",
-                    max_failures=ctx.max_failures, mlflow_run=mlflow_run, extra_callbacks=ctx.extra_callbacks,
+                    max_failures=0, mlflow_run=mlflow_run, extra_callbacks=ctx.extra_callbacks,
                     run_callbacks=[TuneReportCallback()])
             return
         trainer = build_trainer(cfg)
