@@ -309,11 +309,12 @@ def bench_annotator_memory() -> dict:
                                  "mlp": {"members": d.num_classifiers, "hidden": d.hidden}}}
 
 
-def merge_results(r: dict, targets: dict[str, str]) -> None:
-    """Merge ``r`` into bench/results.json (atomically) and print the headline ratios beside their targets."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def merge_results(r: dict, targets: dict[str, str], path: Path = RESULTS) -> None:
+    """Merge ``r`` into ``path`` (bench/results.json; atomically) and print the headline ratios beside their
+    targets."""
+    results = json.loads(path.read_text()) if path.exists() else {}
     results.update(r)
-    atomic_write_text(RESULTS, json.dumps(results, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True))
     print()
     for key, target in targets.items():
         print(f"{key} = {r[key]:.3f} (target {target})")
@@ -328,15 +329,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="gradient-matching bench device: auto (CUDA when present), cpu, cuda")
     ap.add_argument("--resolution", type=int, default=None,
                     help="segmentor input size (default: 32 quick, 64 on CPU, 256 on a GPU as in the paper)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the JSON file results are merged into")
     args = ap.parse_args()
     if args.only in (None, "memory"):
         print("Annotator memory: LAGM's FPN against DatasetGAN's MLP ensemble, same features", flush=True)
-        merge_results(bench_annotator_memory(), {"fpn_over_mlp_memory": "<= 0.2"})
+        merge_results(bench_annotator_memory(), {"fpn_over_mlp_memory": "<= 0.2"}, args.results)
     if args.only in (None, "data"):
         with tempfile.TemporaryDirectory() as d:
             print("Ray Data generation: 1 CPU against 2, and memory at 1x and 10x the images", flush=True)
             r = bench_datagen(Path(d), 1000 if args.quick else 3000, 100 if args.quick else 500)
-        merge_results(r, {"datagen_2cpu_over_1cpu": ">= 1.7", "datagen_rss_10x_over_1x": "<= 1.2"})
+        merge_results(r, {"datagen_2cpu_over_1cpu": ">= 1.7", "datagen_rss_10x_over_1x": "<= 1.2"}, args.results)
     if args.only in (None, "ray"):
         with tempfile.TemporaryDirectory() as d:
             print("Ray Train (1 worker) against the plain loop", flush=True)
@@ -344,7 +346,7 @@ def main() -> None:
             print("Ray Tune + Optuna against sequential Optuna", flush=True)
             r.update(bench_tune_vs_optuna(4 if args.quick else 8, args.trial_steps, Path(d)))
         r["ray_setting"] = {"quick": args.quick, "device": "cpu", "machine": platform.machine(), "cpus": os.cpu_count()}
-        merge_results(r, {"ray_train_over_plain": ">= 0.95", "tune_over_optuna": "<= 0.7"})
+        merge_results(r, {"ray_train_over_plain": ">= 0.95", "tune_over_optuna": "<= 0.7"}, args.results)
     if args.only not in (None, "gm"):
         return
     from lagm_ray.config import resolve_device
@@ -364,7 +366,7 @@ def main() -> None:
     d, d_util = bench_blocks(*deeplab, DEEPLAB_BLOCKS, res, steps, warmup, 2, str(device))
     u, u_util = bench_blocks(*unet, UNET_BLOCKS, res, steps, warmup, 2, str(device))
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
     results.update({
         "gm_head_over_all_deeplab": d["Head"] / d["All"],
         "gm_output_over_all_unet": u["Output"] / u["All"],
@@ -378,7 +380,7 @@ def main() -> None:
                        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                        "threads": torch.get_num_threads(), "machine": platform.machine()},
     })
-    atomic_write_text(RESULTS, json.dumps(results, indent=2, sort_keys=True))
+    atomic_write_text(args.results, json.dumps(results, indent=2, sort_keys=True))
     print("\n| blocks (DeepLabv3) | ours, time/step vs Head | paper Table 2 |")
     print("|---|---|---|")
     for k in DEEPLAB_BLOCKS:

@@ -76,7 +76,7 @@ SHAPE_KEYS = ("train.method", "data.dataset", "data.category", "data.resolution"
 def resume_from(trainer, path: Path) -> None:
     """Load a run's ``last.pt`` into ``trainer``, refusing (naming the key) one written under a config that
     differs in a key that changes shapes, and any file that is not a resume checkpoint."""
-    state = load_checkpoint(path, map_location=trainer.device)
+    state = load_checkpoint(path)  # on the CPU, whatever the trainer's device (Trainer.load_state_dict)
     fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
     if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a lagm_ray resume checkpoint (format {fmt!r}); --resume takes a "

@@ -424,6 +424,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """``state`` as loaded on the CPU: the networks and optimisers copy each tensor to their device, and
+        the RNG states must stay CPU ByteTensors (a checkpoint mapped to CUDA fails torch.Generator.set_state)."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a lagm_ray trainer checkpoint (format {state.get('format')!r})")
         self.segmentor.load_state_dict(state["segmentor"])
@@ -452,7 +454,7 @@ class Trainer:
                          if self.annotator else None}, path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.load_state_dict(load_checkpoint(path))  # on the CPU: see load_state_dict
 
 
 class LocalCheckpoints(Callback):

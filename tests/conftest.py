@@ -150,3 +150,13 @@ def load_experiment(name: str):
     finally:
         sys.path.remove(str(root / "experiments"))
     return script
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped without it, saying where they run (bench/gpu_check.py)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; `python bench/gpu_check.py` runs these on a machine with one")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

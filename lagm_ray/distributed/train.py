@@ -152,7 +152,7 @@ def resume(trainer: Trainer, checkpoint, world_size: int = 1) -> bool:
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as d:
-        state = load_checkpoint(Path(d) / LAST, map_location=trainer.device)
+        state = load_checkpoint(Path(d) / LAST)  # on the CPU, whatever the trainer's device (Trainer.load_state_dict)
     per_rank = state.get("rng_per_rank") or []
     if trainer.rank < len(per_rank) and len(per_rank) == world_size:
         state["rng"] = per_rank[trainer.rank]
