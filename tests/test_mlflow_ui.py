@@ -181,7 +181,7 @@ def test_mlflow_ui_shows_sweep_children_pictures_and_summary(finished_sweep, mlf
     _, uri, parent_id, _ = finished_sweep
     base, server_log = mlflow_ui
     client = MlflowClient(uri)
-    eid = client.get_experiment_by_name("sweeps").experiment_id
+    eid = client.get_experiment_by_name("tiny").experiment_id
     parent = client.get_run(parent_id)
     assert parent.info.run_name == "sweep-tiny"
     children = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent_id}'")
