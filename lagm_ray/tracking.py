@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from .callbacks import Callback, TrainResult, is_interruption
 from .datagen import manifest_path
 from .methods import Config
+from .mlflow_models import log_models
 from .storage import atomic_write_text, code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -210,6 +211,7 @@ class MLflowCallback(Callback):
             with tempfile.TemporaryDirectory() as d:
                 self.trainer.save_best(Path(d) / "best.pt")
                 mlflow.log_artifact(str(Path(d) / "best.pt"), "checkpoints")
+            log_models(self.trainer)  # the same weights as MLflow models: "Logged models" in the UI
         if self.end_tags is not None:
             mlflow.set_tags(self.end_tags())
         mlflow.end_run()
