@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from .callbacks import Callback, TrainResult, is_interruption
 from .datagen import manifest_path
 from .methods import Config
+from .mlflow_datasets import log_labelled_set, log_shards
 from .mlflow_models import log_models
 from .storage import atomic_write_text, code_version
 
@@ -95,6 +96,7 @@ def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experi
                                                         "worker_peak_rss_mb", "driver_peak_rss_mb")}}
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_artifact(str(manifest_path(out)))
+        log_shards(manifest, out, manifest_path(out))
         if grid is not None:
             mlflow.log_image(grid, artifact_file="samples.png")
     return run.info.run_id
@@ -181,6 +183,8 @@ class MLflowCallback(Callback):
                                parent_run_id=self.cfg.tracking.parent_run_id, tags=tags)
         self.run_id, self.active = run.info.run_id, True  # from here on, a stop is recorded on the run
         log_params({k: v for k, v in self.cfg.flat().items() if k not in UNLOGGED_PARAMS})
+        if getattr(trainer, "splits", None) is not None:
+            log_labelled_set(self.cfg, trainer.splits)
         mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
         if self.run_id_file is not None:
             atomic_write_text(self.run_id_file, self.run_id)

@@ -34,6 +34,11 @@ def test_annotator_and_segmentor_are_logged_models_that_load_back_to_the_same_pr
     models = {m.name: m for m in client.search_logged_models(
         [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")}
     assert set(models) == {"annotator", "segmentor"}
+    # the labelled set's splits as MLflow datasets, with digests: the run page's "Datasets"
+    inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation", "test"}
+    assert inputs["train"].name == "embedded-faces-4labels-32px-train" and len(inputs["train"].digest) >= 8
+    assert len({d.digest for d in inputs.values()}) == 3
 
     mlflow.set_tracking_uri(uri)
     features, images = example_inputs(trainer)
