@@ -96,7 +96,8 @@ def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Tabl
         table = compare(df)
         if table is not None:
             console.print(table)
-    console.print(f"MLflow parent run {parent}: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+    console.print(f"MLflow experiment {spec.experiment_name}, parent run {parent}: mlflow ui --backend-store-uri {uri}",
+                  soft_wrap=True)
     return results, parent
 
 

@@ -136,6 +136,9 @@ def test_killed_driver_is_restored_with_every_trial_once(tiny_generator_path, tm
     second = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "3 trials (0 failed)" in second.stdout
+    out = " ".join(second.stdout.split())  # rich wraps at the terminal width
+    assert "| trial | status | train.K | val FG-mIoU % | test FG-mIoU % |" in out  # the console says its unit
+    assert "MLflow holds the same values as fractions" in out and "MLflow experiment drv," in out
     kids = children(env["MLFLOW_TRACKING_URI"], parent)
     trial_ids = [r.data.tags["lagm.trial_id"] for r in kids]
     assert len(kids) == 3 and len(set(trial_ids)) == 3  # no duplicate child runs after the restore
