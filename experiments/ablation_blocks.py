@@ -38,7 +38,10 @@ if __name__ == "__main__":
     if "--only" in sys.argv:
         only = sys.argv[sys.argv.index("--only") + 1]
     code = 0
-    for which, compare in (("deeplab", compare_deeplab), ("unet", compare_unet)):
+    tables = {"deeplab": (compare_deeplab, paper.TABLE2_DEEPLAB_BLOCKS, "Table 2 (Cat-16, DeepLabv3-ResNet101)"),
+              "unet": (compare_unet, paper.TABLE_C8_UNET_BLOCKS, "Table C.8 (Cat-16, U-Net)")}
+    for which, (compare, table, note) in tables.items():
         if only in (None, which):
-            code |= main(SEARCH_SPACES / f"ablation_blocks_{which}.yaml", __doc__, compare=compare, extra_flags=flags)
+            code |= main(SEARCH_SPACES / f"ablation_blocks_{which}.yaml", __doc__, compare=compare, extra_flags=flags,
+                         paper=table, paper_note=note + ": blocks -> (time/step relative, mIoU %)")
     sys.exit(code)

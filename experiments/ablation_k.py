@@ -31,4 +31,4 @@ def compare(df):
 
 
 if __name__ == "__main__":
-    sys.exit(main(SEARCH_SPACES / "ablation_k.yaml", __doc__, compare=compare))
+    sys.exit(main(SEARCH_SPACES / "ablation_k.yaml", __doc__, compare=compare, paper_note=paper.K_ABLATION))

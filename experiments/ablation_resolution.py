@@ -22,4 +22,6 @@ def compare(df):
 
 
 if __name__ == "__main__":
-    sys.exit(main(SEARCH_SPACES / "ablation_resolution.yaml", __doc__, compare=compare))
+    sys.exit(main(SEARCH_SPACES / "ablation_resolution.yaml", __doc__, compare=compare,
+                  paper=paper.TABLE_C9_RESOLUTION,
+                  paper_note="Table C.9 (Face-34, U-Net): px -> (time/step vs 512, mIoU %)"))

@@ -85,4 +85,5 @@ def compare(df):
 
 
 if __name__ == "__main__":
-    sys.exit(main(SEARCH_SPACES / "label_counts.yaml", __doc__, compare=compare, extra_flags=flags, adjust=adjust))
+    sys.exit(main(SEARCH_SPACES / "label_counts.yaml", __doc__, compare=compare, extra_flags=flags, adjust=adjust,
+                  paper=paper.LABEL_COUNTS, paper_note=paper.LABEL_COUNTS_NOTE))

@@ -218,7 +218,9 @@ def sweep(spec: Path = typer.Argument(..., help="A search_spaces/ YAML file."),
           resume: bool = typer.Option(False, "--resume", help="Finish the sweep of this name in the storage (Ray "
                                                               "unpickles its state: only from storage that only "
                                                               "trusted users can write)."),
-          track: bool = TrackOpt, experiment: Optional[str] = ExperimentOpt,
+          track: bool = TrackOpt,
+          experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: one "
+                                                   "named after the sweep, e.g. ablation_k-quick)."),
           verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines in the terminal.")):
     """Run a Ray Tune sweep (or, with --resume, finish one); the experiments/ scripts take the same flags.
     Exits 1 when a trial failed, naming each with its reason."""

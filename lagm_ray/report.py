@@ -5,6 +5,7 @@ against the metrics, logged on the sweep's parent run. Works for a finished or a
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -35,6 +36,13 @@ METRICS = {
     "result/best_step": "best step",
 }
 PERCENT = {"val FG-mIoU", "test FG-mIoU", "test mIoU", "annotator mIoU vs truth"}
+BEST_TRIAL_TAG = "lagm.best_trial"  # on the parent: the run name of the trial best on the sweep's metric
+
+
+def header(col: str) -> str:
+    """A printed table's column name: the FG-mIoU columns say they are percent (MLflow and the CSV keep
+    fractions, 0..1)."""
+    return f"{col} %" if col in PERCENT else col
 
 
 def sweep_table(parent_run_id: str, uri: str | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -62,6 +70,57 @@ def sweep_table(parent_run_id: str, uri: str | None = None) -> tuple[pd.DataFram
     return df, swept
 
 
+# What the parent run repeats of its best trial, under the names the trial's child run has them by.
+BEST_TRIAL_METRICS = ("result/test/fg_miou", "result/test/miou", "result/annotator/miou_vs_truth")
+
+
+def log_best_trial(parent_run_id: str, uri: str | None, metric: str, mode: str = "max") -> str | None:
+    """On the parent run: the sweep's ``metric`` of its best trial (by ``mode``) under the same name as in
+    Tune and in every child run (``best/val_fg_miou``), that trial's test metrics likewise, and its run
+    name as tag ``lagm.best_trial``. Returns that trial's run id (None when no trial has the metric)."""
+    runs = [r for r in child_runs(parent_run_id, uri)
+            if metric in r.data.metrics and not math.isnan(r.data.metrics[metric])]
+    if not runs:
+        return None
+    best = (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
+    client = MlflowClient(tracking_uri(uri))
+    for key in (metric, *BEST_TRIAL_METRICS):
+        if key in best.data.metrics:
+            client.log_metric(parent_run_id, key, best.data.metrics[key])
+    client.set_tag(parent_run_id, BEST_TRIAL_TAG, best.info.run_name)
+    return best.info.run_id
+
+
+PAPER_TAG = "lagm.paper"  # on the parent: where the paper's numbers in paper.json come from
+
+
+def paper_metrics(values: dict[Any, Any]) -> dict[str, float]:
+    """``paper/<setting>/miou`` for each setting whose paper value starts with a number (a percent there,
+    a fraction here like every mIoU in MLflow) and ``paper/<setting>/time_per_step_rel`` for a
+    (time/step ratio, mIoU) pair. Values that are prose ("not reported ...") give no metric."""
+    out = {}
+    for setting, value in values.items():
+        ratio, text = value if isinstance(value, tuple) else (None, value)
+        key = re.sub(r"[^\w\-. /]", "_", str(setting))
+        number = re.match(r"\s*(\d+(?:\.\d+)?)", str(text or ""))
+        if number:
+            out[f"paper/{key}/miou"] = round(float(number.group(1)) / 100, 6)
+        if ratio is not None:
+            out[f"paper/{key}/time_per_step_rel"] = float(ratio)
+    return out
+
+
+def log_paper(parent_run_id: str, uri: str | None, values: dict[Any, Any], note: str = "") -> None:
+    """The paper's numbers on a sweep's parent run, beside ours: ``paper.json`` (every value as the paper
+    gives it), :func:`paper_metrics` and the tag ``lagm.paper`` (the source)."""
+    client = MlflowClient(tracking_uri(uri))
+    client.log_dict(parent_run_id, {"note": note, "values": {str(k): v for k, v in values.items()}}, "paper.json")
+    for k, v in paper_metrics(values).items():
+        client.log_metric(parent_run_id, k, v)
+    if note:
+        client.set_tag(parent_run_id, PAPER_TAG, note[:5000])
+
+
 def _parse(v: str | None) -> Any:
     if v is None:
         return None
@@ -74,7 +133,7 @@ def _parse(v: str | None) -> Any:
 
 def to_markdown(df: pd.DataFrame) -> str:
     cols = [c for c in df.columns if c not in ("trial_id",)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(map(header, cols)) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         cells = []
         for c in cols:
@@ -125,7 +184,7 @@ def seed_summary_markdown(summary: pd.DataFrame) -> str:
     metric_cols = [c for c in summary.columns if c in SPREAD_COLUMNS]
     keys = [c for c in summary.columns if c not in metric_cols and not c.endswith(" std") and c != "seeds"]
     head = keys + metric_cols + ["seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(map(header, head)) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         cells = [str(r[k]) for k in keys]
         for c in metric_cols:
@@ -243,10 +302,7 @@ def write_report(parent_run_id: str, uri: str | None = None, out_dir: str | Path
         for p in paths.values():
             if p.exists():
                 client.log_artifact(parent_run_id, str(p), "summary")
-        if not df.empty and {"val FG-mIoU", "test FG-mIoU"} <= set(df) and df["val FG-mIoU"].notna().any():
-            best = df.loc[df["val FG-mIoU"].idxmax()]  # the trial chosen on validation, as for checkpoints
-            client.log_metric(parent_run_id, "best_trial/val_fg_miou", float(best["val FG-mIoU"]))
-            client.log_metric(parent_run_id, "best_trial/test_fg_miou", float(best["test FG-mIoU"]))
+        log_best_trial(parent_run_id, uri, *(metric.split() + ["max"])[:2])
         client.log_metric(parent_run_id, "trials", float(len(df)))
     if tmp is not None:  # nothing to hand back but what was logged
         tmp.cleanup()

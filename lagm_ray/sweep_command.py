@@ -41,7 +41,7 @@ def add_sweep_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--storage-path", help="Tune state and checkpoints: a directory, NFS path or s3:// "
                                            "(default $LAGM_STORAGE_PATH or ./ray_results)")
     ap.add_argument("--no-track", dest="track", action="store_false", help="log nothing to MLflow")
-    ap.add_argument("--experiment", help="MLflow experiment (default: the base config's tracking.experiment)")
+    ap.add_argument("--experiment", help="MLflow experiment (default: one named after the sweep, e.g. ablation_k-quick)")
     ap.add_argument("--verbose", action="store_true", help="show Ray's own log lines in the terminal")
     ap.add_argument("--resume", action="store_true",
                     help="finish the sweep of this name in the storage (Tune restores it: Ray unpickles its "
@@ -88,14 +88,16 @@ def run(spec: SweepSpec, args: argparse.Namespace, compare: Callable[[Any], Tabl
 
     uri = absolute_paths(spec.base).tracking.uri
     df, _ = sweep_table(parent, uri)
-    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(failed)} failed), metric {spec.metric} ({spec.mode})")
+    console.print(f"\n[bold]{spec.name}[/]: {len(df)} trials ({len(failed)} failed), metric {spec.metric} ({spec.mode}); "
+                  "FG-mIoU columns in %, MLflow holds the same values as fractions (0..1)")
     print(to_markdown(df) if not df.empty else "(no trials)")
     print_failures(failed)
     if compare is not None and not df.empty:
         table = compare(df)
         if table is not None:
             console.print(table)
-    console.print(f"MLflow parent run {parent}: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+    console.print(f"MLflow experiment {spec.experiment_name}, parent run {parent}: mlflow ui --backend-store-uri {uri}",
+                  soft_wrap=True)
     return results, parent
 
 
@@ -111,7 +113,11 @@ def exit_status(results) -> int:
 
 def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = None,
          compare: Callable[[Any], Table | None] | None = None, extra_flags: Callable | None = None,
-         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None) -> int:
+         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None,
+         paper: dict[Any, Any] | None = None, paper_note: str = "") -> int:
+    """An experiments/ script: parse its flags, run its sweep, print the summary and ``compare``'s table.
+    ``paper`` (setting -> the paper's value, lagm_ray/paper.py) and ``paper_note`` (its source) are
+    logged on the sweep's parent run (report.log_paper)."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sweep_flags(ap)
     if extra_flags is not None:
@@ -121,6 +127,7 @@ def main(spec_file: str | Path, description: str, argv: Sequence[str] | None = N
         spec = spec_from_args(spec_file, args)
         if adjust is not None:
             spec = adjust(spec, args)
+        spec.paper, spec.paper_note = dict(paper or {}), paper_note
         results, _ = run(spec, args, compare)
     except (ConfigError, DataError, CheckpointError, OSError) as e:  # as `lagm sweep` reports them
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

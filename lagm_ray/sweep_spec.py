@@ -16,6 +16,9 @@
     max_failures: 2                   # restarts of a trial from its last checkpoint
     quick: {train.steps: 40}          # overrides added by --quick
 
+Its MLflow runs go to an experiment named after the sweep (``ablation_k``; ``ablation_k-quick`` with
+--quick), unless ``tracking.experiment`` is set in its overrides, by --set or by --experiment.
+
 Domains: ``grid`` (every value, every trial set), ``choice`` (sampled), ``uniform``/``loguniform``
 ([low, high]), ``int`` ([low, high], inclusive). Every key and every value a domain can produce is
 validated against the config schema here, so a typo fails at once with the file and key named.
@@ -79,6 +82,17 @@ class SweepSpec:
     seed: int = 0
     description: str = ""
     source: str = "sweep"  # the file it came from, for messages
+    experiment: str | None = None  # an MLflow experiment asked for (--experiment, tracking.experiment override)
+    # The paper's numbers for this sweep's settings (lagm_ray/paper.py: setting -> "mIoU %" or (time/step
+    # ratio, "mIoU %")) and where they come from: logged on the parent run beside ours.
+    paper: dict[Any, Any] = field(default_factory=dict)
+    paper_note: str = ""
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment of the sweep's runs: the one asked for, else one named after the sweep
+        (``ablation_k``, ``ablation_k-quick``); never the base config's, which every sweep shares."""
+        return self.experiment or self.name
 
     def trial_config(self, params: dict[str, Any]) -> Config:
         """The full config of one trial: the base with the sampled dotted keys set."""
@@ -233,4 +247,5 @@ def load_sweep(path: str | Path, quick: bool = False, overrides: dict[str, Any] 
         searcher=searcher, scheduler=scheduler, num_samples=positive_int("num_samples", 1),
         max_concurrent_trials=positive_int("max_concurrent_trials", 2), resources=resources,
         max_failures=positive_int("max_failures", 2, minimum=0), seed=positive_int("seed", 0, minimum=0),
-        description=str(raw.get("description", "")), source=source)
+        description=str(raw.get("description", "")), source=source,
+        experiment=all_overrides.get("tracking.experiment"))

@@ -21,9 +21,19 @@ from mlflow.tracking import MlflowClient
 from .callbacks import Callback, TrainResult, is_interruption
 from .datagen import manifest_path
 from .methods import Config
+from .mlflow_datasets import log_labelled_set, log_shards
+from .mlflow_models import log_models
 from .storage import atomic_write_text, code_version
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# The best validation FG-mIoU so far (a fraction, 0..1, as every metric in MLflow): a sweep's default
+# metric, under this one name in Tune's reports, each trial's child run and the sweep's parent run.
+BEST_METRIC = "best/val_fg_miou"
+# Config keys not logged as params: bookkeeping that differs per sweep trial and would show up as a
+# compared axis in the UI; the run's name and its parent tag already hold them (config.yaml keeps them).
+UNLOGGED_PARAMS = ("run.name", "tracking.parent_run_id")
+SWEPT_VALUES_TAG = "lagm.swept"  # on a trial's child run: its swept values, "train.K=5, train.lr=0.001"
+SOURCE_TAG = "mlflow.source.name"  # the UI's Source column: the sweep file rather than Ray's default_worker.py
 ERROR_TAG = "lagm.error"  # why a run failed or was killed: one line
 
 
@@ -86,6 +96,7 @@ def log_dataset_run(manifest: dict[str, Any], out: str | Path, grid=None, experi
                                                         "worker_peak_rss_mb", "driver_peak_rss_mb")}}
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_artifact(str(manifest_path(out)))
+        log_shards(manifest, out, manifest_path(out))
         if grid is not None:
             mlflow.log_image(grid, artifact_file="samples.png")
     return run.info.run_id
@@ -171,7 +182,9 @@ class MLflowCallback(Callback):
         run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
                                parent_run_id=self.cfg.tracking.parent_run_id, tags=tags)
         self.run_id, self.active = run.info.run_id, True  # from here on, a stop is recorded on the run
-        log_params(self.cfg.flat())
+        log_params({k: v for k, v in self.cfg.flat().items() if k not in UNLOGGED_PARAMS})
+        if getattr(trainer, "splits", None) is not None:
+            log_labelled_set(self.cfg, trainer.splits)
         mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
         if self.run_id_file is not None:
             atomic_write_text(self.run_id_file, self.run_id)
@@ -183,12 +196,18 @@ class MLflowCallback(Callback):
     def on_eval(self, step: int, metrics: dict[str, float], pictures: dict[str, Any]) -> None:
         if step <= self.logged_until:
             return
+        best = self.trainer.best if self.trainer is not None else {}
+        if best.get("step"):  # the sweep metric, under the name Tune and the parent run know it by
+            metrics = {**metrics, BEST_METRIC: best["metric"]}
         mlflow.log_metrics(metrics, step=step)
         for name, image in pictures.items():
             mlflow.log_image(image, artifact_file=f"pictures/{name}_step{step:07d}.png")
 
     def on_end(self, result: TrainResult) -> None:
         mlflow.log_metrics({f"result/{k}": v for k, v in result.metrics.items()})
+        if "val/fg_miou" in result.metrics:  # also at the last step, for a run resumed after its last evaluation
+            step = self.trainer.step if self.trainer is not None else 0
+            mlflow.log_metric(BEST_METRIC, result.metrics["val/fg_miou"], step=step)
         if self.trainer is not None and self.trainer.mean_step_seconds is not None:
             # Kept out of result.metrics, which must repeat exactly for a seed; timings never do.
             mlflow.log_metric("result/time/step_mean_s", self.trainer.mean_step_seconds)
@@ -196,6 +215,7 @@ class MLflowCallback(Callback):
             with tempfile.TemporaryDirectory() as d:
                 self.trainer.save_best(Path(d) / "best.pt")
                 mlflow.log_artifact(str(Path(d) / "best.pt"), "checkpoints")
+            log_models(self.trainer)  # the same weights as MLflow models: "Logged models" in the UI
         if self.end_tags is not None:
             mlflow.set_tags(self.end_tags())
         mlflow.end_run()
@@ -232,13 +252,15 @@ METRIC_TAG = "lagm.metric"  # on the parent: "<metric> <mode>"
 
 
 def start_sweep_run(name: str, experiment: str, uri: str | None, swept_keys: list[str], metric: str, mode: str,
-                    params: dict[str, Any], spec_text: str) -> str:
+                    params: dict[str, Any], spec_text: str, source: str | None = None) -> str:
     """Create the sweep's parent run (left RUNNING until :func:`end_run`); returns its id.
 
-    Created by the driver before any trial starts, so that trials only ever nest under it."""
+    Created by the driver before any trial starts, so that trials only ever nest under it. ``source``:
+    the sweep file, shown as the run's Source."""
 
     run_id = start_parent_run(f"sweep-{name}", experiment, uri, tags={
-        SWEEP_TAG: name, ROLE_TAG: "sweep", SWEPT_TAG: ",".join(swept_keys), METRIC_TAG: f"{metric} {mode}"})
+        SWEEP_TAG: name, ROLE_TAG: "sweep", SWEPT_TAG: ",".join(swept_keys), METRIC_TAG: f"{metric} {mode}",
+        **({SOURCE_TAG: source, "mlflow.source.type": "LOCAL"} if source else {})})
     client = MlflowClient(tracking_uri(uri))
     for k, v in params.items():
         client.log_param(run_id, k, str(v)[:500])
@@ -355,8 +377,8 @@ def close_stopped_trials(parent_run_id: str, uri: str | None, last_reports: dict
             continue
         result = {f"result/{k.removeprefix('best/')}": v for k, v in report.items()
                   if k.startswith("best/test/")}
-        if "best/val_fg_miou" in report:
-            result["result/val/fg_miou"] = report["best/val_fg_miou"]
+        if BEST_METRIC in report:
+            result["result/val/fg_miou"] = result[BEST_METRIC] = report[BEST_METRIC]
         if "time/step_mean_s" in report:
             result["result/time/step_mean_s"] = report["time/step_mean_s"]
         for k, v in result.items():

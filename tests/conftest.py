@@ -104,6 +104,8 @@ def finished_sweep(ray_local, tiny_generator_path, tmp_path_factory):
 
     tmp_path = tmp_path_factory.mktemp("sweep")
     spec = load_sweep(tiny_sweep(tmp_path, tiny_generator_path))
+    # as experiments/*.py give it (sweep_command.main's paper=): K 1 with a number, K 2 in prose only
+    spec.paper, spec.paper_note = {1: (1.0, "33.71 ± 0.77"), 2: (0.5, "not reported")}, "a made-up table"
     results, parent = run_sweep(spec, storage_path=str(tmp_path / "ray"), verbose=0)
     return tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", parent, results
 

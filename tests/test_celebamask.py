@@ -377,7 +377,7 @@ def test_label_counts_sweep_on_celebamask(clean_tree, tmp_path, ray_local, monke
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id],
+    (parent,) = client.search_runs([client.get_experiment_by_name("label_counts_celebamask-quick-labels3").experiment_id],
                                    "tags.`lagm.role` = 'sweep'")
     assert parent.data.tags["lagm.sweep"] == "label_counts_celebamask-quick-labels3"
     (kid,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -121,7 +121,7 @@ def test_quickstart_writes_its_results_and_nests_runs_in_mlflow(tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("quickstart")
+    exp = client.get_experiment_by_name("lagm-quickstart")
     (parent,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'quickstart'")
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["lagm_fg_miou_10"] == pytest.approx(results["lagm_fg_miou_10"])
@@ -140,7 +140,7 @@ def test_a_failing_quickstart_training_stops_it_and_marks_the_parent_failed(tmp_
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id],
+    (parent,) = client.search_runs([client.get_experiment_by_name("lagm-quickstart").experiment_id],
                                    "attributes.run_name = 'quickstart'")
     assert parent.info.status == "FAILED"
 

@@ -277,7 +277,7 @@ def test_ray_job_submit_runs_the_k_ablation_on_a_local_head(tmp_path):
         assert "succeeded" in (out.stdout + out.stderr).lower()
         assert "5 trials (0 failed)" in out.stdout, out.stdout[-3000:]
         client = MlflowClient(uri)
-        (parent,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id],
+        (parent,) = client.search_runs([client.get_experiment_by_name("ablation_k-quick").experiment_id],
                                        "tags.`lagm.role` = 'sweep'")
         assert parent.data.tags["lagm.sweep"] == "ablation_k-quick"
         kids = client.search_runs([parent.info.experiment_id],

@@ -275,6 +275,16 @@ def test_cli_on_ray_writes_the_same_shards_and_logs_to_mlflow(ray_local, dataset
     assert run.data.params["generate.num_images"] == "10" and run.data.params["run.executor"] == "ray"
     assert run.data.metrics["rows"] == 10 and run.data.metrics["run/images_per_s"] > 0
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {dg.MANIFEST, "samples.png"}
+    # the shards as an MLflow dataset: digest from the shards' sha256s, the manifest's own sha256 as a tag
+    import hashlib
+
+    from lagm_ray.mlflow_datasets import shards_digest
+
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "ray" and inp.dataset.source_type == "local"
+    assert inp.dataset.digest == shards_digest(m) and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "generated"
+    assert shards_digest(m) == shards_digest(manifest(dataset))  # the same shards: the same digest
+    assert run.data.tags["lagm.manifest_sha256"] == hashlib.sha256((out / dg.MANIFEST).read_bytes()).hexdigest()
     assert listing(out) == [dg.MANIFEST, *SHARDS]  # no lock file, no temp file left behind
 
 

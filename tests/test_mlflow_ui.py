@@ -1,7 +1,9 @@
 """Browser test of the MLflow UI over a finished sweep: a real `mlflow server` on the sweep's SQLite store,
 driven by headless Chromium through selenium. It checks what a user sees: the sweep's parent run in the
 experiment's runs table, its child runs nested under it (and each child's "Parent run" link), and a
-logged PNG picture of a child run rendered on its artifacts page."""
+logged PNG picture of a child run rendered on its artifacts page; then the experiment named after the
+sweep, the sweep metric and the swept key picked as columns from the Columns menu with each trial's
+value, the sweep file as Source, the trial's logged models, and the paper's value on the parent."""
 
 from __future__ import annotations
 
@@ -181,7 +183,7 @@ def test_mlflow_ui_shows_sweep_children_pictures_and_summary(finished_sweep, mlf
     _, uri, parent_id, _ = finished_sweep
     base, server_log = mlflow_ui
     client = MlflowClient(uri)
-    eid = client.get_experiment_by_name("sweeps").experiment_id
+    eid = client.get_experiment_by_name("tiny").experiment_id
     parent = client.get_run(parent_id)
     assert parent.info.run_name == "sweep-tiny"
     children = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent_id}'")
@@ -253,3 +255,111 @@ def test_mlflow_ui_shows_sweep_children_pictures_and_summary(finished_sweep, mlf
         f"a loaded <img alt={summary!r}> on the parent run's artifacts page")
     if plot[0] != [sw, sh]:
         ui.fail(f"the displayed summary plot is {plot[0]} px, the logged PNG is {sw}x{sh}")
+
+
+def test_mlflow_ui_shows_the_sweeps_experiment_metric_swept_value_models_and_paper(finished_sweep, mlflow_ui,
+                                                                                   driver, tmp_path):
+    """What issue 25 asked to find while browsing: the experiment named after the sweep, the sweep's
+    metric and swept value on a trial's page (its run name shows the value), the trial's logged models,
+    and the paper's value beside ours on the parent run."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _, uri, parent_id, _ = finished_sweep
+    base, server_log = mlflow_ui
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny")  # the sweep's name, not the base config's "sweeps"
+    assert exp is not None and client.get_run(parent_id).info.experiment_id == exp.experiment_id
+    eid = exp.experiment_id
+    child = sorted(client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent_id}'"),
+                   key=lambda c: c.info.run_name)[0]
+    k = child.data.params["train.K"]
+    models = client.search_logged_models([eid], filter_string=f"source_run_id = '{child.info.run_id}'")
+    assert {m.name for m in models} == {"annotator", "segmentor"}
+    ui = UI(driver, base, tmp_path, server_log)
+
+    def exact(text):
+        return lambda d: [e for e in d.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+                          if e.is_displayed()]
+
+    # (1) the experiment's page is titled with the sweep's name
+    ui.go(f"#/experiments/{eid}/runs")
+    driver.refresh()
+    ui.until(exact("tiny"), "the experiment name 'tiny' on its page")
+
+    # (2) the trial's page: its name with the swept value, the sweep metric, the swept value as tag
+    ui.go(f"#/experiments/{eid}/runs/{child.info.run_id}")
+    driver.refresh()
+    ui.until(lambda d: child.info.run_name in ui.text() and f"K={k}" in child.info.run_name,
+             f"the trial's run name {child.info.run_name!r} (with K={k})")
+    ui.until(lambda d: "best/val_fg_miou" in ui.text(), "the sweep metric best/val_fg_miou on the trial's page")
+    ui.until(lambda d: f"train.K={k}" in ui.text(), f"the swept value train.K={k} (tag lagm.swept) on the page")
+
+    # (3) its logged models on the run page, each a link to the model's own page (not the params'
+    # "annotator.width": the link names the model's id)
+    for m in models:
+        link = ui.until(lambda d, m=m: [a for a in d.find_elements(By.CSS_SELECTOR, f"a[href*='{m.model_id}']")
+                                        if a.is_displayed()], f"a link to the logged model {m.name!r} ({m.model_id})")
+        if m.name not in " ".join(a.text for a in link):
+            ui.fail(f"the link to logged model {m.model_id} reads {[a.text for a in link]}, expected {m.name!r}")
+
+    # (4) the runs table: the sweep metric and the swept key picked as columns through the Columns menu's
+    # search (the first hit each), each trial's row showing its value, the Source column the sweep file
+    kids = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent_id}'")
+    ui.go(f"#/experiments/{eid}/runs")
+    driver.set_window_size(2400, 1000)  # room for the picked columns
+    driver.refresh()
+    ui.until(exact("Columns"), "the runs table's Columns button")[0].click()
+    for key in ("best/val_fg_miou", "train.K"):
+        box = ui.until(lambda d: [i for i in d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']")
+                                  if i.is_displayed()], "the Columns menu's search box")[0]
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE)
+        box.send_keys(key)
+        ui.until(lambda d, key=key: [e for e in d.find_elements(
+            # the label itself, not a highlighted part of another ("space.<strong>train.K</strong>")
+            By.XPATH, f"//*[normalize-space(.)='{key}' and not(*[normalize-space(.)='{key}'])"
+                      f" and normalize-space(..)='{key}']") if e.is_displayed()],
+            f"{key!r} in the Columns menu")[0].click()
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+
+    def cell(d, run_id, col):
+        d.execute_script("document.querySelectorAll('.ag-body-horizontal-scroll-viewport, .ag-center-cols-viewport,"
+                         " .ag-header-viewport').forEach(e => e.scrollLeft = 1e6)")
+        cells = [c.text.strip() for c in d.find_elements(By.CSS_SELECTOR, f"[role=row][row-id='{run_id}'] "
+                                                         f"[col-id=\"{col}\"]") if c.text.strip()]
+        return cells[0] if cells else None
+
+    def rows(d, run_id):
+        return [r for r in d.find_elements(By.CSS_SELECTOR, f"[role=row][row-id='{run_id}']") if r.text.strip()]
+
+    def expand(d):
+        if all(rows(d, c.info.run_id) for c in kids):
+            return True
+        toggles = [b for r in d.find_elements(By.CSS_SELECTOR, f"[role=row][row-id='{parent_id}']")
+                   for b in r.find_elements(By.CSS_SELECTOR, "[col-id*='Run Name'] button")]
+        if toggles:
+            toggles[0].click()
+        return False
+
+    ui.until(expand, "the trials' rows under the parent run")
+    for c in kids:
+        got = ui.until(lambda d, c=c: cell(d, c.info.run_id, "params.`train.K`"), f"train.K of {c.info.run_name}")
+        if got != c.data.params["train.K"]:
+            ui.fail(f"{c.info.run_name}: the train.K column reads {got!r}, expected {c.data.params['train.K']!r}")
+        got = ui.until(lambda d, c=c: cell(d, c.info.run_id, "metrics.`best/val_fg_miou`"),
+                       f"best/val_fg_miou of {c.info.run_name}")
+        if float(got) != pytest.approx(c.data.metrics["best/val_fg_miou"], rel=1e-3, abs=1e-4):
+            ui.fail(f"{c.info.run_name}: best/val_fg_miou reads {got}, MLflow holds {c.data.metrics['best/val_fg_miou']}")
+        source = ui.until(lambda d, c=c: cell(d, c.info.run_id, "attributes.`Source`"), "the Source column")
+        if source != "tiny.yaml":
+            ui.fail(f"{c.info.run_name}: Source reads {source!r}, expected the sweep file tiny.yaml")
+    driver.set_window_size(1400, 1000)
+
+    # (5) the parent: the paper's value beside ours
+    ui.go(f"#/experiments/{eid}/runs/{parent_id}")
+    driver.refresh()
+    ui.until(lambda d: "paper/1/miou" in ui.text() and "best/val_fg_miou" in ui.text(),
+             "the paper's value paper/1/miou beside best/val_fg_miou on the parent run's page")
+    ui.until(lambda d: "0.3371" in ui.text(), "the paper's value 0.3371 (a fraction, like ours) on the parent")

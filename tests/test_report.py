@@ -31,6 +31,15 @@ def test_seed_summary_is_mean_and_sample_std_per_setting():
     assert list(s["seeds"]) == [3, 3]
     md = seed_summary_markdown(s.reset_index())
     assert "| lagm | 60.0 ± 10.0 | 90.0 ± 10.0 | 3 |" in md
+    assert "| train.method | test FG-mIoU % | annotator mIoU vs truth % | seeds |" in md  # the unit, said
+
+
+def test_printed_tables_say_percent_where_mlflow_holds_fractions():
+    from lagm_ray.report import to_markdown
+
+    md = to_markdown(pd.DataFrame({"train.K": [1], "val FG-mIoU": [0.0447], "s/step": [0.25]}))
+    assert md.splitlines()[0] == "| train.K | val FG-mIoU % | s/step |"
+    assert md.splitlines()[2] == "| 1 | 4.5 | 0.25 |"
 
 
 def test_no_seed_summary_without_repeated_seeds():

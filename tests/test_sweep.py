@@ -35,13 +35,36 @@ def test_grid_sweep_nests_trials_and_writes_a_summary(finished_sweep):
     client = MlflowClient(uri)
     p = client.get_run(parent)
     assert p.data.tags["lagm.sweep"] == "tiny" and p.info.status == "FINISHED"
+    assert p.data.tags["mlflow.source.name"] == str(tmp_path / "tiny.yaml")
+    # its own experiment, named after the sweep (the base config says "sweeps")
+    assert client.get_experiment(p.info.experiment_id).name == "tiny"
     kids = children(uri, parent)
     assert sorted(int(r.data.params["train.K"]) for r in kids) == [1, 2]
     for r in kids:
         assert r.info.status == "FINISHED" and "result/test/fg_miou" in r.data.metrics
         assert r.info.run_name.endswith(f"K={r.data.params['train.K']}")
+        # the swept value as a tag and a param; no per-trial bookkeeping param to show up as an axis
+        assert r.data.tags["lagm.swept"] == f"train.K={r.data.params['train.K']}"
+        assert "run.name" not in r.data.params and "tracking.parent_run_id" not in r.data.params
+        # the UI's Source: the sweep file, not Ray's default_worker.py
+        assert r.data.tags["mlflow.source.name"] == str(tmp_path / "tiny.yaml")
         pictures = [a.path for a in client.list_artifacts(r.info.run_id, "pictures")]
         assert any(x.startswith("pictures/samples_step") and x.endswith(".png") for x in pictures)
+    # the sweep's metric under its one name in every child and in the parent (the best child's value)
+    for r in kids:
+        assert r.data.metrics["best/val_fg_miou"] == pytest.approx(r.data.metrics["result/val/fg_miou"])
+    best = max(kids, key=lambda r: r.data.metrics["best/val_fg_miou"])
+    p = client.get_run(parent)
+    assert p.data.metrics["best/val_fg_miou"] == pytest.approx(best.data.metrics["best/val_fg_miou"])
+    assert p.data.metrics["result/test/fg_miou"] == pytest.approx(best.data.metrics["result/test/fg_miou"])
+    assert p.data.tags["lagm.best_trial"] == best.info.run_name
+    assert not [k for k in p.data.metrics if k.startswith("best_trial/")]
+    # the paper's values beside ours on the parent: metrics (fractions, like ours) and paper.json
+    assert p.data.metrics["paper/1/miou"] == pytest.approx(0.3371)
+    assert p.data.metrics["paper/1/time_per_step_rel"] == 1.0 and "paper/2/miou" not in p.data.metrics
+    assert p.data.tags["lagm.paper"] == "a made-up table"
+    paper = json.loads(Path(client.download_artifacts(parent, "paper.json", str(tmp_path))).read_text())
+    assert paper["values"] == {"1": [1.0, "33.71 ± 0.77"], "2": [0.5, "not reported"]}
     summary = {a.path for a in client.list_artifacts(parent, "summary")}
     assert summary == {"summary/summary.csv", "summary/summary.md", "summary/summary.png"}
     csv = (tmp_path / "ray" / "tiny" / "summary.csv").read_text().splitlines()
@@ -70,6 +93,7 @@ def test_optuna_sweep_with_asha(ray_local, tiny_generator_path, tmp_path):
     assert all(r.data.params["annotator.width"] in ("4", "8") for r in kids)
     # trials ASHA stopped early are closed too, with their best-so-far as results
     assert all(r.info.status == "FINISHED" and "result/test/fg_miou" in r.data.metrics for r in kids)
+    assert all("best/val_fg_miou" in r.data.metrics for r in kids)
 
 
 def test_killed_trial_resumes_from_its_checkpoint_to_the_clean_result(ray_local, tiny_generator_path, tmp_path):
@@ -112,6 +136,9 @@ def test_killed_driver_is_restored_with_every_trial_once(tiny_generator_path, tm
     second = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "3 trials (0 failed)" in second.stdout
+    out = " ".join(second.stdout.split())  # rich wraps at the terminal width
+    assert "| trial | status | train.K | val FG-mIoU % | test FG-mIoU % |" in out  # the console says its unit
+    assert "MLflow holds the same values as fractions" in out and "MLflow experiment drv," in out
     kids = children(env["MLFLOW_TRACKING_URI"], parent)
     trial_ids = [r.data.tags["lagm.trial_id"] for r in kids]
     assert len(kids) == 3 and len(set(trial_ids)) == 3  # no duplicate child runs after the restore

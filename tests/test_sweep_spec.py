@@ -100,3 +100,29 @@ def test_a_metric_no_trial_reports_is_refused_with_the_ones_it_could_be(tmp_path
     with pytest.raises(ConfigError, match=r"s.yaml: metric must be one a trial reports \(best/val_fg_miou, .*"
                                           r"got 'best/val_fg_mIoU'"):
         load_sweep(spec)
+
+
+def test_a_sweep_gets_its_own_experiment_unless_one_is_asked_for(tmp_path):
+    """Every search_spaces/ file builds on quickstart.yaml: the base's tracking.experiment must not put
+    every sweep in one experiment. Named after the sweep (its --quick variant apart); --experiment,
+    --set tracking.experiment or the file's own overrides win."""
+    import argparse
+
+    from lagm_ray.sweep_command import SEARCH_SPACES, add_sweep_flags, spec_from_args
+
+    ap = argparse.ArgumentParser()
+    add_sweep_flags(ap)
+
+    def spec(*argv, path=SEARCH_SPACES / "ablation_k.yaml"):
+        return spec_from_args(path, ap.parse_args(list(argv)))
+
+    assert spec().experiment_name == "ablation_k"
+    assert spec("--quick").experiment_name == "ablation_k-quick"
+    assert spec("--name", "mine").experiment_name == "mine"
+    assert spec("--quick", "--experiment", "paper-k").experiment_name == "paper-k"
+    assert spec("--set", "tracking.experiment=by-set").experiment_name == "by-set"
+    doc = yaml.safe_load((SEARCH_SPACES / "ablation_k.yaml").read_text())
+    doc["overrides"]["tracking.experiment"] = "in-file"
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(doc))
+    assert spec(path=tmp_path / "k.yaml").experiment_name == "in-file"
+    assert spec(path=tmp_path / "k.yaml").base.tracking.experiment == "in-file"

@@ -33,11 +33,13 @@ from ray.tune.search.optuna import OptunaSearch
 from ..callbacks import Callback, is_interruption
 from ..errors import ConfigError
 from ..methods import Config, build_trainer
-from ..report import write_report
+from ..report import log_paper, write_report
 from ..storage import atomic_write_text
 from ..sweep_spec import SweepSpec
 from ..tracking import (
     ERROR_TAG,
+    SOURCE_TAG,
+    SWEPT_VALUES_TAG,
     MLflowCallback,
     close_open_trials,
     close_stopped_trials,
@@ -150,6 +152,8 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         run_id=child.info.run_id if child is not None else None,
         run_name=tune_ctx.get_trial_name(),
         tags={"lagm.trial_id": trial_id, "lagm.role": "trial", "lagm.sweep": ctx.sweep,
+              SWEPT_VALUES_TAG: ", ".join(f"{k}={v}" for k, v in sorted(params.items())),
+              SOURCE_TAG: ctx.source, "mlflow.source.type": "LOCAL",  # not Ray's default_worker.py
               "lagm.node": ray.get_runtime_context().get_node_id()})  # which node ran it (multi-node sweeps)
     try:
         cfg = ctx.trial_config(params, trial_id)
@@ -225,7 +229,7 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = F
         raise ConfigError(f"a sweep named {spec.name!r} already exists in {exp_path}: pass --resume to finish it "
                           "(only from storage you trust: Ray unpickles its state) or choose another --name")
     restoring = resume and restorable
-    base = absolute_paths(spec.base)
+    base = absolute_paths(spec.base).replace({"tracking.experiment": spec.experiment_name})
     uri = base.tracking.uri
 
     state: dict[str, Any] = {}
@@ -245,7 +249,9 @@ def run_sweep(spec: SweepSpec, storage_path: str | None = None, resume: bool = F
                   "num_samples": spec.num_samples, "max_concurrent_trials": spec.max_concurrent_trials,
                   **{f"space.{k}": f"{d.kind}{d.values}" for k, d in spec.space.items()}}
         parent_run_id = start_sweep_run(spec.name, base.tracking.experiment, uri, spec.swept_keys, spec.metric,
-                                        spec.mode, params, spec_text or base.to_yaml())
+                                        spec.mode, params, spec_text or base.to_yaml(), source=spec.source)
+        if spec.paper or spec.paper_note:
+            log_paper(parent_run_id, uri, spec.paper, spec.paper_note)
     try:
         with sigterm_as_sigint():
             if exp_dir:

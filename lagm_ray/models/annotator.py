@@ -56,3 +56,25 @@ class FPNAnnotator(nn.Module):
             x = F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False)
             x = x + lateral(feat.float())
         return self.head(x)
+
+
+class PackedAnnotator(nn.Module):
+    """An :class:`FPNAnnotator` that takes its feature maps as one tensor, as MLflow's pytorch flavor
+    (one input array) and a serving endpoint pass them: every map upsampled (nearest) to the finest
+    size and concatenated on channels (:meth:`pack`). The forward splits them and samples each back
+    down (nearest, exact for the power-of-two block sizes), so the logits equal the annotator's."""
+
+    def __init__(self, annotator: FPNAnnotator, sizes: Sequence[Sequence[int]]):
+        super().__init__()
+        self.annotator = annotator
+        self.sizes = [tuple(int(v) for v in s) for s in sizes]  # each feature map's [H, W], coarse to fine
+
+    @staticmethod
+    def pack(features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = features[-1].shape[-2:]
+        return torch.cat([F.interpolate(f.float(), size=size, mode="nearest") for f in features], dim=1)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(packed, self.annotator.feature_channels, dim=1)
+        return self.annotator([c if tuple(c.shape[-2:]) == s else F.interpolate(c, size=s, mode="nearest")
+                               for c, s in zip(chunks, self.sizes)])
