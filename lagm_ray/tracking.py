@@ -167,6 +167,7 @@ class MLflowCallback(Callback):
         self.run_id = run_id
         self.run_id_file, self.checkpoint_dir = run_id_file, checkpoint_dir
         self.logged_until = 0  # the last step the run already holds (resumed runs)
+        self.best_logged_at = 0  # the last step best/val_fg_miou was logged at
         self.active = False
         self.trainer: Any = None  # the running Trainer
 
@@ -199,14 +200,16 @@ class MLflowCallback(Callback):
         best = self.trainer.best if self.trainer is not None else {}
         if best.get("step"):  # the sweep metric, under the name Tune and the parent run know it by
             metrics = {**metrics, BEST_METRIC: best["metric"]}
+            self.best_logged_at = step
         mlflow.log_metrics(metrics, step=step)
         for name, image in pictures.items():
             mlflow.log_image(image, artifact_file=f"pictures/{name}_step{step:07d}.png")
 
     def on_end(self, result: TrainResult) -> None:
         mlflow.log_metrics({f"result/{k}": v for k, v in result.metrics.items()})
-        if "val/fg_miou" in result.metrics:  # also at the last step, for a run resumed after its last evaluation
-            step = self.trainer.step if self.trainer is not None else 0
+        step = self.trainer.step if self.trainer is not None else 0
+        # at the last step too, for a run resumed after its last evaluation: once, not again after on_eval
+        if "val/fg_miou" in result.metrics and step > max(self.logged_until, self.best_logged_at):
             mlflow.log_metric(BEST_METRIC, result.metrics["val/fg_miou"], step=step)
         if self.trainer is not None and self.trainer.mean_step_seconds is not None:
             # Kept out of result.metrics, which must repeat exactly for a seed; timings never do.

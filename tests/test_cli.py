@@ -81,8 +81,13 @@ def test_version_short_help_and_completion():
     for command in ("train", "evaluate", "downstream", "quickstart", "generate", "train-generator"):
         text = lagm_cli([command, "--help"]).stdout
         assert "--track" in text and "--no-track" in text, command
-    for command in ("train", "evaluate", "downstream", "generate", "train-generator"):
+    for command in ("train", "evaluate", "downstream", "generate", "train-generator", "sweep"):
         assert "--experiment" in lagm_cli([command, "--help"]).stdout, command
+    sweep = lagm_cli(["sweep", "--help"]).stdout  # its flags declared, not parsed by hand after typer
+    for flag in ("--quick", "--steps", "--trials", "--concurrency", "--set", "--name", "--storage-path",
+                 "--resume", "--no-track", "--verbose"):
+        assert flag in sweep, flag
+    assert lagm_cli(["sweep", "x.yaml", "--no-such-flag"]).returncode == 2
 
 
 def test_config_show_prints_the_resolved_config_and_schema_its_json_schema(tmp_path):

@@ -69,7 +69,7 @@ def test_a_deterministic_error_in_a_multi_worker_trial_is_not_retried_either(ray
     drill = RaiseAtStart(ConfigError("train.K: 2 is refused by this drill"), "train.K", 2, attempts)
     args = argparse.Namespace(storage_path=str(tmp_path / "ray"), resume=False)
     results, parent = sweep_command.run(load_sweep(path), args, extra_callbacks=[drill])
-    assert attempts.read_text().splitlines() == ["train.K=2"] * 2  # each worker once: one attempt
+    assert attempts.read_text().splitlines() == ["train.K=2"]  # one attempt (rank 0 records it)
     (error,) = [r.error for r in results if r.error is not None]
     assert is_deterministic(error) and sweep_command.exit_status(results) == 1
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent).info.status == "FAILED"
@@ -82,7 +82,7 @@ def test_a_driver_that_raises_closes_the_parent_failed(ray_local, tiny_generator
         run_sweep(spec, storage_path=str(tmp_path / "ray"), verbose=0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+    (parent,) = client.search_runs([client.get_experiment_by_name(spec.experiment_name).experiment_id],
                                    "tags.`lagm.role` = 'sweep'")
     assert parent.info.status == "FAILED" and "no/such_metric" in parent.data.tags["lagm.error"]
     (kid,) = children(uri, parent.info.run_id)

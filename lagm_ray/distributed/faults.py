@@ -7,6 +7,7 @@ knows about them."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ class RaiseAtStart(Callback):
 
     def on_start(self, trainer: Any) -> None:
         if trainer.cfg.flat().get(self.key) == self.value:
-            with self.attempts.open("a") as f:
-                f.write(f"{self.key}={self.value}\n")
+            # Every worker of a Ray Train run raises; rank 0 records the attempt, at once, and the others a
+            # moment later, so that an attempt is counted once however fast Train tears the group down.
+            if trainer.rank == 0:
+                with self.attempts.open("a") as f:
+                    f.write(f"{self.key}={self.value}\n")
+            else:
+                time.sleep(2)
             raise self.error
