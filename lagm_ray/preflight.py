@@ -29,10 +29,14 @@ def check_run(cfg: Config, track: bool = True) -> None:
 
 
 def check_runs(configs: Iterable[Config], track: bool = True) -> None:
-    """:func:`check_run` for each config, each generator and folder checked once."""
+    """:func:`check_run` for each config, once per distinct set of the keys it reads: a sweep over train.K
+    reads its generator checkpoint once, not once per value."""
     seen: set[tuple] = set()
     for cfg in configs:
-        key = (cfg.to_yaml(), track)
+        d = cfg.data
+        key = (d.dataset, d.category, d.root, d.unlabelled_root, d.resolution, cfg.train.method,
+               cfg.generator.checkpoint, cfg.segmentor.init, cfg.run.output_dir,
+               track and cfg.tracking.enabled, cfg.tracking.uri)
         if key not in seen:
             seen.add(key)
             check_run(cfg, track)
